@@ -1,0 +1,372 @@
+//! The feed consumer: follows another service's feed and applies each event
+//! exactly once, storing its cursor in the same transaction as the effect,
+//! so a crash or restart loses nothing and applies nothing twice.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
+use sea_orm::{ConnectionTrait, DbErr};
+use tokio::sync::watch;
+use tonic::{Status, transport::Channel};
+
+use crate::{
+    db::{Store, WriteTxn, stmt},
+    error::RuntimeError,
+    feed::FeedEvent,
+    server::Shutdown,
+};
+
+/// Where events come from.
+pub trait FeedSource<E>: Send + Sync + 'static {
+    /// Open a stream of the events after `after`.
+    fn subscribe(
+        &self,
+        after: i64,
+    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<E, Status>>, Status>>;
+}
+
+/// What a consumer does with each event, inside the cursor's transaction.
+pub trait Projection<E>: Send + Sync + 'static {
+    /// Apply one event. An error rolls the transaction back; the event is
+    /// retried after a reconnect.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut WriteTxn,
+        event: &'a E,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
+}
+
+/// The last applied sequence of a consumer, as stored.
+pub async fn load_cursor<C: ConnectionTrait>(c: &C, name: &str) -> Result<i64, DbErr> {
+    let row = c
+        .query_one_raw(stmt(
+            c.get_database_backend(),
+            "SELECT position FROM feed_cursors WHERE name = ?",
+            vec![name.into()],
+        ))
+        .await?;
+    match row {
+        Some(r) => r.try_get_by_index(0),
+        None => Ok(0),
+    }
+}
+
+/// Move a cursor from `from` to `to`; false if another applier moved it.
+async fn advance_cursor<C: ConnectionTrait>(
+    c: &C,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> Result<bool, DbErr> {
+    let backend = c.get_database_backend();
+    if from == 0 {
+        let r = c
+            .execute_raw(stmt(
+                backend,
+                "INSERT INTO feed_cursors (name, position) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                vec![name.into(), to.into()],
+            ))
+            .await?;
+        if r.rows_affected() == 1 {
+            return Ok(true);
+        }
+    }
+    let r = c
+        .execute_raw(stmt(
+            backend,
+            "UPDATE feed_cursors SET position = ? WHERE name = ? AND position = ?",
+            vec![to.into(), name.into(), from.into()],
+        ))
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied, cursor advanced.
+    Applied,
+    /// At or before the cursor: already applied, skipped.
+    Duplicate,
+}
+
+/// Apply one event exactly once: skip it if the cursor is past it, else run
+/// the projection and advance the cursor in one transaction.
+pub async fn apply_once<E: FeedEvent, P: Projection<E> + ?Sized>(
+    store: &Store,
+    name: &str,
+    projection: &P,
+    event: &E,
+) -> Result<Applied, RuntimeError> {
+    let mut tx = store.begin_write().await?;
+    let cursor = load_cursor(&*tx, name).await?;
+    let seq = event.sequence();
+    if seq <= cursor {
+        tx.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
+    if seq != cursor + 1 {
+        tx.rollback().await?;
+        return Err(RuntimeError::Internal(format!(
+            "feed {name} skipped from {cursor} to {seq}"
+        )));
+    }
+    projection.apply(&mut tx, event).await?;
+    if !advance_cursor(&*tx, name, cursor, seq).await? {
+        tx.rollback().await?;
+        return Err(RuntimeError::Aborted(format!(
+            "cursor {name} moved concurrently"
+        )));
+    }
+    tx.commit().await?;
+    Ok(Applied::Applied)
+}
+
+/// A running consumer's progress, for `min_sequence` waits and readiness.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    applied: watch::Receiver<i64>,
+    connected: watch::Receiver<bool>,
+}
+
+impl Progress {
+    /// The last applied sequence.
+    pub fn applied(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    /// A receiver of the applied sequence.
+    pub fn watch(&self) -> watch::Receiver<i64> {
+        self.applied.clone()
+    }
+
+    /// Resolves once the consumer has connected to its source.
+    pub async fn connected(&self) {
+        let mut rx = self.connected.clone();
+        let _ = rx.wait_for(|&c| c).await;
+    }
+}
+
+/// A consumer of one feed into one store.
+pub struct Consumer<E> {
+    /// Cursor name, e.g. "interaction".
+    pub name: String,
+    /// The store holding cursor and projection.
+    pub store: Store,
+    /// Where events come from.
+    pub source: Arc<dyn FeedSource<E>>,
+    /// What to do with them.
+    pub projection: Arc<dyn Projection<E>>,
+}
+
+impl<E: FeedEvent> Consumer<E> {
+    /// Start following the feed in the background until `shutdown`.
+    pub async fn spawn(self, shutdown: Shutdown) -> Result<Progress, DbErr> {
+        let start = load_cursor(self.store.conn(), &self.name).await?;
+        let (applied_tx, applied_rx) = watch::channel(start);
+        let (connected_tx, connected_rx) = watch::channel(false);
+        tokio::spawn(self.run(applied_tx, connected_tx, shutdown));
+        Ok(Progress {
+            applied: applied_rx,
+            connected: connected_rx,
+        })
+    }
+
+    async fn run(
+        self,
+        applied: watch::Sender<i64>,
+        connected: watch::Sender<bool>,
+        shutdown: Shutdown,
+    ) {
+        let mut backoff = Backoff::new();
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            let cursor = match load_cursor(self.store.conn(), &self.name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(feed = %self.name, error = %e, "cannot read cursor");
+                    if backoff.wait(&shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            applied.send_if_modified(|a| {
+                let changed = *a != cursor;
+                *a = cursor;
+                changed
+            });
+            let mut stream = tokio::select! {
+                r = self.source.subscribe(cursor) => match r {
+                    Ok(s) => s,
+                    Err(status) => {
+                        tracing::warn!(feed = %self.name, code = ?status.code(), "feed source unavailable");
+                        if backoff.wait(&shutdown).await { return; }
+                        continue;
+                    }
+                },
+                _ = shutdown.wait() => return,
+            };
+            connected.send_replace(true);
+            tracing::info!(feed = %self.name, after = cursor, "following feed");
+            loop {
+                let next = tokio::select! {
+                    n = stream.next() => n,
+                    _ = shutdown.wait() => return,
+                };
+                let event = match next {
+                    Some(Ok(e)) => e,
+                    Some(Err(status)) => {
+                        tracing::warn!(feed = %self.name, code = ?status.code(), "feed interrupted");
+                        break;
+                    }
+                    None => {
+                        tracing::info!(feed = %self.name, "feed ended");
+                        break;
+                    }
+                };
+                match apply_once(&self.store, &self.name, &*self.projection, &event).await {
+                    Ok(_) => {
+                        backoff.reset();
+                        applied.send_if_modified(|a| {
+                            let moved = event.sequence() > *a;
+                            if moved {
+                                *a = event.sequence();
+                            }
+                            moved
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(feed = %self.name, sequence = event.sequence(), error = %e, "cannot apply event");
+                        break;
+                    }
+                }
+            }
+            if backoff.wait(&shutdown).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 50 ms to 5 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: Duration::from_millis(50),
+        }
+    }
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(50);
+    }
+    /// Sleep; true if shutdown came first.
+    async fn wait(&mut self, shutdown: &Shutdown) -> bool {
+        let d = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = shutdown.wait() => true,
+        }
+    }
+}
+
+/// The identification feed over gRPC.
+#[derive(Clone, Debug)]
+pub struct ProfileFeed(pub Channel);
+
+impl FeedSource<crm_proto::identification::v1::ProfileEvent> for ProfileFeed {
+    fn subscribe(
+        &self,
+        after: i64,
+    ) -> BoxFuture<
+        'static,
+        Result<
+            BoxStream<'static, Result<crm_proto::identification::v1::ProfileEvent, Status>>,
+            Status,
+        >,
+    > {
+        use crm_proto::identification::v1::{
+            SubscribeRequest, identification_service_client::IdentificationServiceClient,
+        };
+        let mut client = IdentificationServiceClient::new(self.0.clone());
+        Box::pin(async move {
+            let stream = client
+                .subscribe(SubscribeRequest {
+                    after_sequence: after,
+                })
+                .await?
+                .into_inner();
+            Ok(stream
+                .map(|r| {
+                    r.and_then(|resp| {
+                        resp.event
+                            .ok_or_else(|| Status::internal("feed response without event"))
+                    })
+                })
+                .boxed())
+        })
+    }
+}
+
+/// The interaction feed over gRPC.
+#[derive(Clone, Debug)]
+pub struct InteractionFeed(pub Channel);
+
+impl FeedSource<crm_proto::interaction::v1::InteractionEvent> for InteractionFeed {
+    fn subscribe(
+        &self,
+        after: i64,
+    ) -> BoxFuture<
+        'static,
+        Result<
+            BoxStream<'static, Result<crm_proto::interaction::v1::InteractionEvent, Status>>,
+            Status,
+        >,
+    > {
+        use crm_proto::interaction::v1::{
+            SubscribeRequest, interaction_service_client::InteractionServiceClient,
+        };
+        let mut client = InteractionServiceClient::new(self.0.clone());
+        Box::pin(async move {
+            let stream = client
+                .subscribe(SubscribeRequest {
+                    after_sequence: after,
+                })
+                .await?
+                .into_inner();
+            Ok(stream
+                .map(|r| {
+                    r.and_then(|resp| {
+                        resp.event
+                            .ok_or_else(|| Status::internal("feed response without event"))
+                    })
+                })
+                .boxed())
+        })
+    }
+}
+
+/// A feed read straight from a store in the same process (tests, tools).
+#[derive(Clone, Debug)]
+pub struct LocalFeed {
+    /// The store holding the event log.
+    pub store: Store,
+    /// Ends the streams.
+    pub shutdown: Shutdown,
+}
+
+impl<E: FeedEvent> FeedSource<E> for LocalFeed {
+    fn subscribe(
+        &self,
+        after: i64,
+    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<E, Status>>, Status>> {
+        let stream = crate::feed::subscribe::<E>(self.store.clone(), after, self.shutdown.clone());
+        Box::pin(async move { Ok(stream.boxed()) })
+    }
+}

@@ -1,0 +1,101 @@
+//! The transactional event log (outbox): appended in the same transaction
+//! as the change it records, with a sequence that is gap-free in commit
+//! order, and read back in order by the feed.
+
+use sea_orm::{ConnectionTrait, DbErr};
+
+use crate::db::stmt;
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the log.
+    pub sequence: i64,
+    /// The customer or profile it concerns.
+    pub stream_key: String,
+    /// Event kind (the oneof case), for operators.
+    pub kind: String,
+    /// When it was appended, microseconds since the epoch.
+    pub recorded_at_us: i64,
+    /// The encoded event.
+    pub payload: Vec<u8>,
+}
+
+/// Append one event in the caller's transaction; returns its sequence.
+///
+/// The head row's counter is incremented first: its row lock is held until
+/// the transaction ends, so a concurrent appender waits and then sees the
+/// committed value. Sequences are therefore contiguous and a reader never
+/// sees a sequence before every smaller one has committed. A rollback
+/// returns the number.
+pub async fn append<C: ConnectionTrait>(
+    c: &C,
+    key: &str,
+    kind: &str,
+    payload: &[u8],
+) -> Result<i64, DbErr> {
+    let backend = c.get_database_backend();
+    let row = c
+        .query_one_raw(stmt(
+            backend,
+            "UPDATE event_log_head SET last_sequence = last_sequence + 1 WHERE id = 1 RETURNING last_sequence",
+            vec![],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("event_log_head".into()))?;
+    let sequence: i64 = row.try_get_by_index(0)?;
+    c.execute_raw(stmt(
+        backend,
+        "INSERT INTO event_log (sequence, stream_key, kind, recorded_at_us, payload) VALUES (?, ?, ?, ?, ?)",
+        vec![
+            sequence.into(),
+            key.into(),
+            kind.into(),
+            crate::time::now().timestamp_micros().into(),
+            payload.to_vec().into(),
+        ],
+    ))
+    .await?;
+    Ok(sequence)
+}
+
+/// Events after `after`, in order, at most `limit`.
+pub async fn read_after<C: ConnectionTrait>(
+    c: &C,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<StoredEvent>, DbErr> {
+    let rows = c
+        .query_all_raw(stmt(
+            c.get_database_backend(),
+            "SELECT sequence, stream_key, kind, recorded_at_us, payload FROM event_log WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            vec![after.into(), (limit as i64).into()],
+        ))
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(StoredEvent {
+                sequence: r.try_get_by_index(0)?,
+                stream_key: r.try_get_by_index(1)?,
+                kind: r.try_get_by_index(2)?,
+                recorded_at_us: r.try_get_by_index(3)?,
+                payload: r.try_get_by_index(4)?,
+            })
+        })
+        .collect()
+}
+
+/// The highest committed sequence (0 for an empty log).
+pub async fn head<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
+    let row = c
+        .query_one_raw(stmt(
+            c.get_database_backend(),
+            "SELECT last_sequence FROM event_log_head WHERE id = 1",
+            vec![],
+        ))
+        .await?;
+    match row {
+        Some(r) => r.try_get_by_index(0),
+        None => Ok(0),
+    }
+}

@@ -1,0 +1,108 @@
+//! The runtime's own tables, created by the first migration of every
+//! service: the event log and its head counter, idempotency keys, and feed
+//! consumer cursors.
+
+use sea_orm_migration::{
+    prelude::*,
+    sea_orm::{ConnectionTrait, DbErr},
+};
+
+/// Creates the runtime's tables. List it first in each service's migrator.
+#[derive(Debug, Default)]
+pub struct RuntimeTables;
+
+impl MigrationName for RuntimeTables {
+    fn name(&self) -> &str {
+        "m20261122_000000_runtime_tables"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for RuntimeTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("event_log")
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new("sequence")
+                            .big_integer()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new("stream_key").string().not_null())
+                    .col(ColumnDef::new("kind").string().not_null())
+                    .col(ColumnDef::new("recorded_at_us").big_integer().not_null())
+                    .col(ColumnDef::new("payload").blob().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("event_log_stream_key")
+                    .table("event_log")
+                    .col("stream_key")
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        // One row whose counter every append increments in its own
+        // transaction: the row lock orders appenders, so sequences are
+        // gap-free in commit order (a plain database sequence is not).
+        manager
+            .create_table(
+                Table::create()
+                    .table("event_log_head")
+                    .if_not_exists()
+                    .col(ColumnDef::new("id").integer().not_null().primary_key())
+                    .col(ColumnDef::new("last_sequence").big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .get_connection()
+            .execute_unprepared("INSERT INTO event_log_head (id, last_sequence) VALUES (1, 0)")
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("idempotency_keys")
+                    .if_not_exists()
+                    .col(ColumnDef::new("scope").string().not_null())
+                    .col(ColumnDef::new("request_id").string().not_null())
+                    .col(ColumnDef::new("fingerprint").big_integer().not_null())
+                    .col(ColumnDef::new("response").blob().null())
+                    .col(ColumnDef::new("created_at_us").big_integer().not_null())
+                    .primary_key(Index::create().col("scope").col("request_id"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("feed_cursors")
+                    .if_not_exists()
+                    .col(ColumnDef::new("name").string().not_null().primary_key())
+                    .col(ColumnDef::new("position").big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for t in [
+            "feed_cursors",
+            "idempotency_keys",
+            "event_log_head",
+            "event_log",
+        ] {
+            manager
+                .drop_table(Table::drop().table(t).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

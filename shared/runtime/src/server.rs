@@ -1,0 +1,240 @@
+//! The server bootstrap, written once: health (NOT_SERVING until ready),
+//! reflection v1 and v1alpha, request tracing, timeouts, and graceful
+//! shutdown that drains in-flight calls within a deadline.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::config::Settings;
+
+/// A shutdown signal that any number of tasks can wait on.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// A signal not yet triggered.
+    pub fn new() -> Self {
+        let (tx, rx) = watch::channel(false);
+        Shutdown {
+            rx,
+            tx: Arc::new(tx),
+        }
+    }
+
+    /// Trigger it (idempotent).
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether it was triggered.
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once triggered.
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|&t| t).await;
+    }
+
+    /// A signal triggered by SIGTERM or SIGINT (Ctrl-C).
+    pub fn on_signals() -> Self {
+        let s = Shutdown::new();
+        let trigger = s.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            trigger.trigger();
+        });
+        s
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A server that failed to start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The store failed at start-up.
+    #[error("store: {0}")]
+    Store(#[from] sea_orm::DbErr),
+    /// The configuration is unusable.
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens (the real port when 0 was asked).
+    pub local_addr: SocketAddr,
+    /// Resolves when it has stopped.
+    pub task: JoinHandle<Result<(), ServeError>>,
+}
+
+/// What a service hands to the runtime to be served.
+pub struct ServiceSpec<R> {
+    /// Fully-qualified gRPC service names (health and reflection list them).
+    pub grpc_names: Vec<&'static str>,
+    /// The service's routes.
+    pub routes: Routes,
+    /// Resolves when the service is ready (migrations ran, feeds connected).
+    pub ready: R,
+}
+
+/// Bind, then serve `spec` until `shutdown`; health turns SERVING when
+/// `spec.ready` resolves and NOT_SERVING as soon as shutdown starts.
+pub async fn spawn<R>(
+    settings: &Settings,
+    spec: ServiceSpec<R>,
+    shutdown: Shutdown,
+) -> Result<Running, ServeError>
+where
+    R: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: settings.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    for name in &spec.grpc_names {
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+
+    let reflection = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for name in &spec.grpc_names {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let routes = spec
+        .routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let service = settings.kind.name();
+    let router = tonic::transport::Server::builder()
+        .timeout(settings.request_timeout)
+        .trace_fn(move |req| tracing::info_span!("grpc", service, rpc = %req.uri().path()))
+        .add_routes(routes);
+
+    // Readiness.
+    {
+        let health = health.clone();
+        let names = spec.grpc_names.clone();
+        let shutdown = shutdown.clone();
+        let ready = spec.ready;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = ready => {}
+                _ = shutdown.wait() => return,
+            }
+            if shutdown.is_triggered() {
+                return;
+            }
+            health.set_service_status("", ServingStatus::Serving).await;
+            for name in names {
+                health
+                    .set_service_status(name, ServingStatus::Serving)
+                    .await;
+            }
+            tracing::info!(service, "serving");
+        });
+    }
+
+    let drain = settings.drain_timeout;
+    let task = tokio::spawn(async move {
+        let stop = {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            async move {
+                shutdown.wait().await;
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+            }
+        };
+        let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => r?,
+            _ = async { shutdown.wait().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(service, "drain timeout: closing remaining calls");
+            }
+        }
+        tracing::info!(service, "stopped");
+        Ok(())
+    });
+    tracing::info!(service, %local_addr, "listening");
+    Ok(Running { local_addr, task })
+}
