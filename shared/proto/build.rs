@@ -10,13 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("crm_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
-    tonic_prost_build::configure()
-        .generate_default_stubs(true)
-        .compile_fds(fds)?;
+    std::fs::write(out.join("crm_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().generate_default_stubs(true).compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

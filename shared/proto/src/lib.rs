@@ -3,8 +3,7 @@
 #![allow(missing_docs)]
 
 /// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/crm_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/crm_descriptor.bin"));
 
 /// `crm.common.v1`: shared types.
 pub mod common {

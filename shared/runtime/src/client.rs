@@ -11,10 +11,7 @@ use crate::config::ConfigError;
 /// `request_timeout` bounds each unary call; feeds pass `None`.
 pub fn channel(addr: &str, request_timeout: Option<Duration>) -> Result<Channel, ConfigError> {
     let mut endpoint = Endpoint::from_shared(addr.to_owned())
-        .map_err(|e| ConfigError::Invalid {
-            what: "peer address",
-            detail: format!("{addr}: {e}"),
-        })?
+        .map_err(|e| ConfigError::Invalid { what: "peer address", detail: format!("{addr}: {e}") })?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))

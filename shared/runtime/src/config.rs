@@ -127,9 +127,8 @@ impl Peers {
             ServiceKind::Personalization => &self.personalization,
             ServiceKind::Gateway => &None,
         };
-        addr.clone().ok_or_else(|| ConfigError::MissingPeer {
-            variable: format!("CRM_{}_ADDR", kind.name().to_uppercase()),
-        })
+        addr.clone()
+            .ok_or_else(|| ConfigError::MissingPeer { variable: format!("CRM_{}_ADDR", kind.name().to_uppercase()) })
     }
 }
 
@@ -192,34 +191,18 @@ impl Settings {
     /// Settings of one service from the command line and environment.
     /// `single` is true for `crm serve` (whose host, port and database URL
     /// apply to this one service) and false for `crm up`.
-    pub fn from_args(
-        kind: ServiceKind,
-        args: &ServerArgs,
-        single: bool,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_args(kind: ServiceKind, args: &ServerArgs, single: bool) -> Result<Self, ConfigError> {
         let default_host = if single { "0.0.0.0" } else { "127.0.0.1" };
         let host = args.host.as_deref().unwrap_or(default_host);
-        let port = if single {
-            args.port.unwrap_or(kind.default_port())
-        } else {
-            kind.default_port()
-        };
-        let listen: SocketAddr =
-            format!("{host}:{port}")
-                .parse()
-                .map_err(|e| ConfigError::Invalid {
-                    what: "CRM_HOST/CRM_PORT",
-                    detail: format!("{e}"),
-                })?;
+        let port = if single { args.port.unwrap_or(kind.default_port()) } else { kind.default_port() };
+        let listen: SocketAddr = format!("{host}:{port}")
+            .parse()
+            .map_err(|e| ConfigError::Invalid { what: "CRM_HOST/CRM_PORT", detail: format!("{e}") })?;
         let database_url = match (&args.database_url, single) {
             (Some(url), true) => url.clone(),
             _ => sqlite_url(&args.data_dir, kind.name()),
         };
-        let mut peers = if single {
-            Peers::default()
-        } else {
-            Peers::localhost()
-        };
+        let mut peers = if single { Peers::default() } else { Peers::localhost() };
         if single {
             peers.identification = args.identification_addr.clone();
             peers.interaction = args.interaction_addr.clone();
@@ -241,8 +224,5 @@ impl Settings {
 
 /// The URL of a SQLite file `<dir>/<name>.db`, created if missing.
 pub fn sqlite_url(dir: &std::path::Path, name: &str) -> String {
-    format!(
-        "sqlite://{}?mode=rwc",
-        dir.join(format!("{name}.db")).display()
-    )
+    format!("sqlite://{}?mode=rwc", dir.join(format!("{name}.db")).display())
 }

@@ -13,23 +13,15 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
 /// Wait until `applied` reaches `min` (no wait if `min <= 0`), at most
 /// `budget`. Returns the applied position.
-pub async fn wait_for(
-    mut applied: watch::Receiver<i64>,
-    min: i64,
-    budget: Duration,
-) -> Result<i64, RuntimeError> {
+pub async fn wait_for(mut applied: watch::Receiver<i64>, min: i64, budget: Duration) -> Result<i64, RuntimeError> {
     let now = *applied.borrow();
     if min <= now {
         return Ok(now);
     }
-    let outcome = tokio::time::timeout(budget, applied.wait_for(|&a| a >= min))
-        .await
-        .map(|r| r.map(|a| *a));
+    let outcome = tokio::time::timeout(budget, applied.wait_for(|&a| a >= min)).await.map(|r| r.map(|a| *a));
     match outcome {
         Ok(Ok(a)) => Ok(a),
-        Ok(Err(_)) => Err(RuntimeError::Unavailable(
-            "projection is not running".into(),
-        )),
+        Ok(Err(_)) => Err(RuntimeError::Unavailable("projection is not running".into())),
         Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
             "projection has applied sequence {} but {} was required; retry later",
             *applied.borrow(),
@@ -41,11 +33,7 @@ pub async fn wait_for(
 /// How long a request may wait: its `grpc-timeout` less a margin to answer
 /// in, capped by `cap`.
 pub fn wait_budget(metadata: &MetadataMap, cap: Duration) -> Duration {
-    match metadata
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-    {
+    match metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout) {
         Some(d) => d.saturating_sub(d / 10).min(cap),
         None => cap,
     }
@@ -92,9 +80,7 @@ mod tests {
     #[tokio::test]
     async fn gives_up_at_the_deadline() {
         let (_tx, rx) = watch::channel(1);
-        let err = wait_for(rx, 2, Duration::from_millis(10))
-            .await
-            .unwrap_err();
+        let err = wait_for(rx, 2, Duration::from_millis(10)).await.unwrap_err();
         assert!(matches!(err, RuntimeError::DeadlineExceeded(_)));
     }
 

@@ -19,21 +19,14 @@ use crate::{
 /// Where events come from.
 pub trait FeedSource<E>: Send + Sync + 'static {
     /// Open a stream of the events after `after`.
-    fn subscribe(
-        &self,
-        after: i64,
-    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<E, Status>>, Status>>;
+    fn subscribe(&self, after: i64) -> BoxFuture<'static, Result<BoxStream<'static, Result<E, Status>>, Status>>;
 }
 
 /// What a consumer does with each event, inside the cursor's transaction.
 pub trait Projection<E>: Send + Sync + 'static {
     /// Apply one event. An error rolls the transaction back; the event is
     /// retried after a reconnect.
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut WriteTxn,
-        event: &'a E,
-    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    fn apply<'a>(&'a self, tx: &'a mut WriteTxn, event: &'a E) -> BoxFuture<'a, Result<(), RuntimeError>>;
 }
 
 /// The last applied sequence of a consumer, as stored.
@@ -52,12 +45,7 @@ pub async fn load_cursor<C: ConnectionTrait>(c: &C, name: &str) -> Result<i64, D
 }
 
 /// Move a cursor from `from` to `to`; false if another applier moved it.
-async fn advance_cursor<C: ConnectionTrait>(
-    c: &C,
-    name: &str,
-    from: i64,
-    to: i64,
-) -> Result<bool, DbErr> {
+async fn advance_cursor<C: ConnectionTrait>(c: &C, name: &str, from: i64, to: i64) -> Result<bool, DbErr> {
     let backend = c.get_database_backend();
     if from == 0 {
         let r = c
@@ -107,16 +95,12 @@ pub async fn apply_once<E: FeedEvent, P: Projection<E> + ?Sized>(
     }
     if seq != cursor + 1 {
         tx.rollback().await?;
-        return Err(RuntimeError::Internal(format!(
-            "feed {name} skipped from {cursor} to {seq}"
-        )));
+        return Err(RuntimeError::Internal(format!("feed {name} skipped from {cursor} to {seq}")));
     }
     projection.apply(&mut tx, event).await?;
     if !advance_cursor(&*tx, name, cursor, seq).await? {
         tx.rollback().await?;
-        return Err(RuntimeError::Aborted(format!(
-            "cursor {name} moved concurrently"
-        )));
+        return Err(RuntimeError::Aborted(format!("cursor {name} moved concurrently")));
     }
     tx.commit().await?;
     Ok(Applied::Applied)
@@ -166,18 +150,10 @@ impl<E: FeedEvent> Consumer<E> {
         let (applied_tx, applied_rx) = watch::channel(start);
         let (connected_tx, connected_rx) = watch::channel(false);
         tokio::spawn(self.run(applied_tx, connected_tx, shutdown));
-        Ok(Progress {
-            applied: applied_rx,
-            connected: connected_rx,
-        })
+        Ok(Progress { applied: applied_rx, connected: connected_rx })
     }
 
-    async fn run(
-        self,
-        applied: watch::Sender<i64>,
-        connected: watch::Sender<bool>,
-        shutdown: Shutdown,
-    ) {
+    async fn run(self, applied: watch::Sender<i64>, connected: watch::Sender<bool>, shutdown: Shutdown) {
         let mut backoff = Backoff::new();
         loop {
             if shutdown.is_triggered() {
@@ -258,9 +234,7 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Self {
-        Backoff {
-            next: Duration::from_millis(50),
-        }
+        Backoff { next: Duration::from_millis(50) }
     }
     fn reset(&mut self) {
         self.next = Duration::from_millis(50);
@@ -286,29 +260,16 @@ impl FeedSource<crm_proto::identification::v1::ProfileEvent> for ProfileFeed {
         after: i64,
     ) -> BoxFuture<
         'static,
-        Result<
-            BoxStream<'static, Result<crm_proto::identification::v1::ProfileEvent, Status>>,
-            Status,
-        >,
+        Result<BoxStream<'static, Result<crm_proto::identification::v1::ProfileEvent, Status>>, Status>,
     > {
         use crm_proto::identification::v1::{
             SubscribeRequest, identification_service_client::IdentificationServiceClient,
         };
         let mut client = IdentificationServiceClient::new(self.0.clone());
         Box::pin(async move {
-            let stream = client
-                .subscribe(SubscribeRequest {
-                    after_sequence: after,
-                })
-                .await?
-                .into_inner();
+            let stream = client.subscribe(SubscribeRequest { after_sequence: after }).await?.into_inner();
             Ok(stream
-                .map(|r| {
-                    r.and_then(|resp| {
-                        resp.event
-                            .ok_or_else(|| Status::internal("feed response without event"))
-                    })
-                })
+                .map(|r| r.and_then(|resp| resp.event.ok_or_else(|| Status::internal("feed response without event"))))
                 .boxed())
         })
     }
@@ -324,29 +285,14 @@ impl FeedSource<crm_proto::interaction::v1::InteractionEvent> for InteractionFee
         after: i64,
     ) -> BoxFuture<
         'static,
-        Result<
-            BoxStream<'static, Result<crm_proto::interaction::v1::InteractionEvent, Status>>,
-            Status,
-        >,
+        Result<BoxStream<'static, Result<crm_proto::interaction::v1::InteractionEvent, Status>>, Status>,
     > {
-        use crm_proto::interaction::v1::{
-            SubscribeRequest, interaction_service_client::InteractionServiceClient,
-        };
+        use crm_proto::interaction::v1::{SubscribeRequest, interaction_service_client::InteractionServiceClient};
         let mut client = InteractionServiceClient::new(self.0.clone());
         Box::pin(async move {
-            let stream = client
-                .subscribe(SubscribeRequest {
-                    after_sequence: after,
-                })
-                .await?
-                .into_inner();
+            let stream = client.subscribe(SubscribeRequest { after_sequence: after }).await?.into_inner();
             Ok(stream
-                .map(|r| {
-                    r.and_then(|resp| {
-                        resp.event
-                            .ok_or_else(|| Status::internal("feed response without event"))
-                    })
-                })
+                .map(|r| r.and_then(|resp| resp.event.ok_or_else(|| Status::internal("feed response without event"))))
                 .boxed())
         })
     }
@@ -362,10 +308,7 @@ pub struct LocalFeed {
 }
 
 impl<E: FeedEvent> FeedSource<E> for LocalFeed {
-    fn subscribe(
-        &self,
-        after: i64,
-    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<E, Status>>, Status>> {
+    fn subscribe(&self, after: i64) -> BoxFuture<'static, Result<BoxStream<'static, Result<E, Status>>, Status>> {
         let stream = crate::feed::subscribe::<E>(self.store.clone(), after, self.shutdown.clone());
         Box::pin(async move { Ok(stream.boxed()) })
     }

@@ -5,9 +5,8 @@
 use std::{ops::Deref, path::Path, sync::Arc, time::Duration};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, DbErr, SqliteTransactionMode, Statement, TransactionOptions,
-    TransactionTrait, Value,
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
@@ -30,23 +29,20 @@ impl Store {
     /// Connect to `url` (`sqlite://path?mode=rwc` or `postgres://…`).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
         let mut opts = ConnectOptions::new(url.to_owned());
-        opts.sqlx_logging(false)
-            .acquire_timeout(Duration::from_secs(5));
+        opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(5));
         let sqlite = url.starts_with("sqlite:");
         if sqlite {
             if let Some(dir) = sqlite_parent_dir(url) {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| DbErr::Custom(format!("cannot create data directory: {e}")))?;
             }
-            opts.max_connections(max_connections.clamp(1, 8))
-                .min_connections(1)
-                .map_sqlx_sqlite_opts(|o| {
-                    o.journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal)
-                        .foreign_keys(true)
-                        .busy_timeout(Duration::from_secs(5))
-                        .create_if_missing(true)
-                });
+            opts.max_connections(max_connections.clamp(1, 8)).min_connections(1).map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5))
+                    .create_if_missing(true)
+            });
         } else {
             opts.max_connections(max_connections).min_connections(1);
         }
@@ -92,12 +88,7 @@ impl Store {
                 ..Default::default()
             })
             .await?;
-        Ok(WriteTxn {
-            tx,
-            _guard: guard,
-            appended: None,
-            committed: self.committed.clone(),
-        })
+        Ok(WriteTxn { tx, _guard: guard, appended: None, committed: self.committed.clone() })
     }
 
     /// Follow the highest committed event-log sequence (for feed tails).
@@ -131,16 +122,12 @@ fn bump(current: &mut i64, seen: i64) -> bool {
 }
 
 fn sqlite_parent_dir(url: &str) -> Option<&Path> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next()?;
     if path.is_empty() || path.starts_with(":memory:") {
         return None;
     }
-    Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
+    Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
 }
 
 /// A statement written with `?` placeholders, rewritten to `$n` for
@@ -178,20 +165,29 @@ impl WriteTxn {
     /// Append `event` to the event log under `key` (the customer or profile
     /// it concerns); returns its sequence, gap-free in commit order.
     pub async fn append<E: FeedEvent>(&mut self, key: &str, event: &E) -> Result<i64, DbErr> {
-        let sequence =
-            eventlog::append(&self.tx, key, event.kind(), &event.encode_to_vec()).await?;
+        let sequence = eventlog::append(&self.tx, key, event.kind(), &event.encode_to_vec()).await?;
         self.appended = Some(sequence);
         Ok(sequence)
     }
 
+    /// Append the event that `build` makes knowing its sequence (so the
+    /// payload can carry it); returns the sequence and the event.
+    pub async fn append_with<E: FeedEvent>(
+        &mut self,
+        key: &str,
+        build: impl FnOnce(i64) -> E,
+    ) -> Result<(i64, E), DbErr> {
+        let sequence = eventlog::reserve(&self.tx).await?;
+        let mut event = build(sequence);
+        event.set_sequence(sequence);
+        eventlog::insert(&self.tx, sequence, key, event.kind(), &event.encode_to_vec()).await?;
+        self.appended = Some(sequence);
+        Ok((sequence, event))
+    }
+
     /// Commit, then wake the feed's tails.
     pub async fn commit(self) -> Result<(), DbErr> {
-        let WriteTxn {
-            tx,
-            _guard,
-            appended,
-            committed,
-        } = self;
+        let WriteTxn { tx, _guard, appended, committed } = self;
         tx.commit().await?;
         drop(_guard);
         if let Some(seq) = appended {
@@ -224,26 +220,15 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_for_postgres_only() {
-        let s = stmt(
-            DatabaseBackend::Postgres,
-            "SELECT a FROM t WHERE b = ? AND c = ?",
-            vec![1.into(), 2.into()],
-        );
+        let s = stmt(DatabaseBackend::Postgres, "SELECT a FROM t WHERE b = ? AND c = ?", vec![1.into(), 2.into()]);
         assert_eq!(s.sql, "SELECT a FROM t WHERE b = $1 AND c = $2");
-        let s = stmt(
-            DatabaseBackend::Sqlite,
-            "SELECT a FROM t WHERE b = ?",
-            vec![1.into()],
-        );
+        let s = stmt(DatabaseBackend::Sqlite, "SELECT a FROM t WHERE b = ?", vec![1.into()]);
         assert_eq!(s.sql, "SELECT a FROM t WHERE b = ?");
     }
 
     #[test]
     fn sqlite_data_directory_is_found() {
-        assert_eq!(
-            sqlite_parent_dir("sqlite://./data/x.db?mode=rwc"),
-            Some(Path::new("./data"))
-        );
+        assert_eq!(sqlite_parent_dir("sqlite://./data/x.db?mode=rwc"), Some(Path::new("./data")));
         assert_eq!(sqlite_parent_dir("sqlite::memory:"), None);
         assert_eq!(sqlite_parent_dir("sqlite://x.db"), None);
     }

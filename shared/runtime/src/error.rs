@@ -40,11 +40,7 @@ impl FieldViolations {
 
     /// `Ok(())` if nothing was recorded, else INVALID_ARGUMENT.
     pub fn finish(self) -> Result<(), RuntimeError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(RuntimeError::InvalidArgument(self))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(RuntimeError::InvalidArgument(self)) }
     }
 
     /// A single violation as an error.
@@ -142,12 +138,7 @@ impl From<RuntimeError> for Status {
 pub fn field_violations(status: &Status) -> Vec<(String, String)> {
     status
         .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.description))
-                .collect()
-        })
+        .map(|b| b.field_violations.into_iter().map(|v| (v.field, v.description)).collect())
         .unwrap_or_default()
 }
 
@@ -165,10 +156,7 @@ mod tests {
         assert_eq!(
             field_violations(&status),
             vec![
-                (
-                    "identifiers[0].value".to_owned(),
-                    "not an email address".to_owned()
-                ),
+                ("identifiers[0].value".to_owned(), "not an email address".to_owned()),
                 ("channel".to_owned(), "must be set".to_owned()),
             ]
         );

@@ -21,31 +21,35 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
 }
 
-/// Append one event in the caller's transaction; returns its sequence.
+/// Reserve the next sequence in the caller's transaction.
 ///
-/// The head row's counter is incremented first: its row lock is held until
-/// the transaction ends, so a concurrent appender waits and then sees the
+/// The head row's counter is incremented: its row lock is held until the
+/// transaction ends, so a concurrent appender waits and then sees the
 /// committed value. Sequences are therefore contiguous and a reader never
 /// sees a sequence before every smaller one has committed. A rollback
 /// returns the number.
-pub async fn append<C: ConnectionTrait>(
-    c: &C,
-    key: &str,
-    kind: &str,
-    payload: &[u8],
-) -> Result<i64, DbErr> {
-    let backend = c.get_database_backend();
+pub async fn reserve<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
     let row = c
         .query_one_raw(stmt(
-            backend,
+            c.get_database_backend(),
             "UPDATE event_log_head SET last_sequence = last_sequence + 1 WHERE id = 1 RETURNING last_sequence",
             vec![],
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("event_log_head".into()))?;
-    let sequence: i64 = row.try_get_by_index(0)?;
+    row.try_get_by_index(0)
+}
+
+/// Store the event with a sequence from `reserve`, in the same transaction.
+pub async fn insert<C: ConnectionTrait>(
+    c: &C,
+    sequence: i64,
+    key: &str,
+    kind: &str,
+    payload: &[u8],
+) -> Result<(), DbErr> {
     c.execute_raw(stmt(
-        backend,
+        c.get_database_backend(),
         "INSERT INTO event_log (sequence, stream_key, kind, recorded_at_us, payload) VALUES (?, ?, ?, ?, ?)",
         vec![
             sequence.into(),
@@ -56,15 +60,18 @@ pub async fn append<C: ConnectionTrait>(
         ],
     ))
     .await?;
+    Ok(())
+}
+
+/// Append one event in the caller's transaction; returns its sequence.
+pub async fn append<C: ConnectionTrait>(c: &C, key: &str, kind: &str, payload: &[u8]) -> Result<i64, DbErr> {
+    let sequence = reserve(c).await?;
+    insert(c, sequence, key, kind, payload).await?;
     Ok(sequence)
 }
 
 /// Events after `after`, in order, at most `limit`.
-pub async fn read_after<C: ConnectionTrait>(
-    c: &C,
-    after: i64,
-    limit: u64,
-) -> Result<Vec<StoredEvent>, DbErr> {
+pub async fn read_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) -> Result<Vec<StoredEvent>, DbErr> {
     let rows = c
         .query_all_raw(stmt(
             c.get_database_backend(),
@@ -88,11 +95,7 @@ pub async fn read_after<C: ConnectionTrait>(
 /// The highest committed sequence (0 for an empty log).
 pub async fn head<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
     let row = c
-        .query_one_raw(stmt(
-            c.get_database_backend(),
-            "SELECT last_sequence FROM event_log_head WHERE id = 1",
-            vec![],
-        ))
+        .query_one_raw(stmt(c.get_database_backend(), "SELECT last_sequence FROM event_log_head WHERE id = 1", vec![]))
         .await?;
     match row {
         Some(r) => r.try_get_by_index(0),

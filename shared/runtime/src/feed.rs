@@ -28,11 +28,7 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Stream the events after `after`: replay, then tail live until the client
 /// goes away or the server shuts down.
-pub fn subscribe<E: FeedEvent>(
-    store: Store,
-    after: i64,
-    shutdown: Shutdown,
-) -> impl Stream<Item = Result<E, Status>> {
+pub fn subscribe<E: FeedEvent>(store: Store, after: i64, shutdown: Shutdown) -> impl Stream<Item = Result<E, Status>> {
     let (tx, rx) = mpsc::channel::<Result<E, Status>>(BATCH as usize);
     tokio::spawn(async move {
         let mut committed = store.committed();
@@ -42,9 +38,7 @@ pub fn subscribe<E: FeedEvent>(
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "feed read failed");
-                    let _ = tx
-                        .send(Err(Status::unavailable("feed temporarily unavailable")))
-                        .await;
+                    let _ = tx.send(Err(Status::unavailable("feed temporarily unavailable"))).await;
                     return;
                 }
             };

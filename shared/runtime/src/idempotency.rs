@@ -24,16 +24,8 @@ pub enum Claim<R> {
 
 /// Validate a request id (empty means "not idempotent").
 pub fn check_request_id(v: &mut FieldViolations, request_id: &str) {
-    v.require(
-        request_id.len() <= MAX_REQUEST_ID_LEN,
-        "request_id",
-        format!("at most {MAX_REQUEST_ID_LEN} bytes"),
-    );
-    v.require(
-        !request_id.chars().any(char::is_control),
-        "request_id",
-        "must not contain control characters",
-    );
+    v.require(request_id.len() <= MAX_REQUEST_ID_LEN, "request_id", format!("at most {MAX_REQUEST_ID_LEN} bytes"));
+    v.require(!request_id.chars().any(char::is_control), "request_id", "must not contain control characters");
 }
 
 /// A stable 64-bit FNV-1a fingerprint of a request.
@@ -78,19 +70,14 @@ pub async fn claim<R: prost::Message + Default>(
         .ok_or_else(|| DbErr::RecordNotFound("idempotency key".into()))?;
     let stored_fp: i64 = row.try_get_by_index(0)?;
     if stored_fp != fp {
-        return Err(FieldViolations::single(
-            "request_id",
-            "already used for a different request",
-        ));
+        return Err(FieldViolations::single("request_id", "already used for a different request"));
     }
     let response: Option<Vec<u8>> = row.try_get_by_index(1)?;
     match response {
         Some(bytes) => R::decode(bytes.as_slice())
             .map(Claim::Replay)
             .map_err(|e| RuntimeError::Internal(format!("stored response undecodable: {e}"))),
-        None => Err(RuntimeError::Aborted(
-            "the same request is in progress; retry".into(),
-        )),
+        None => Err(RuntimeError::Aborted("the same request is in progress; retry".into())),
     }
 }
 
@@ -106,11 +93,7 @@ pub async fn complete<R: prost::Message>(
     }
     tx.execute_raw(tx.stmt(
         "UPDATE idempotency_keys SET response = ? WHERE scope = ? AND request_id = ?",
-        vec![
-            response.encode_to_vec().into(),
-            scope.into(),
-            request_id.into(),
-        ],
+        vec![response.encode_to_vec().into(), scope.into(), request_id.into()],
     ))
     .await?;
     Ok(())

@@ -22,5 +22,6 @@ pub mod server;
 pub mod telemetry;
 pub mod testing;
 pub mod time;
+pub mod validate;
 
 pub use error::{FieldViolations, RuntimeError};

@@ -25,12 +25,7 @@ impl MigrationTrait for RuntimeTables {
                 Table::create()
                     .table("event_log")
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new("sequence")
-                            .big_integer()
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new("sequence").big_integer().not_null().primary_key())
                     .col(ColumnDef::new("stream_key").string().not_null())
                     .col(ColumnDef::new("kind").string().not_null())
                     .col(ColumnDef::new("recorded_at_us").big_integer().not_null())
@@ -93,15 +88,8 @@ impl MigrationTrait for RuntimeTables {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for t in [
-            "feed_cursors",
-            "idempotency_keys",
-            "event_log_head",
-            "event_log",
-        ] {
-            manager
-                .drop_table(Table::drop().table(t).if_exists().to_owned())
-                .await?;
+        for t in ["feed_cursors", "idempotency_keys", "event_log_head", "event_log"] {
+            manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
         Ok(())
     }

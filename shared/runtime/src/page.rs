@@ -39,10 +39,7 @@ pub fn decode_token(v: &mut FieldViolations, token: &str) -> Option<String> {
         .strip_prefix("p1")
         .filter(|h| h.len() % 2 == 0 && h.len() <= 1024)
         .and_then(|h| {
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
-                .collect::<Option<Vec<u8>>>()
+            (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>()
         })
         .and_then(|b| String::from_utf8(b).ok());
     if decoded.is_none() {

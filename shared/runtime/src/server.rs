@@ -28,10 +28,7 @@ impl Shutdown {
     /// A signal not yet triggered.
     pub fn new() -> Self {
         let (tx, rx) = watch::channel(false);
-        Shutdown {
-            rx,
-            tx: Arc::new(tx),
-        }
+        Shutdown { rx, tx: Arc::new(tx) }
     }
 
     /// Trigger it (idempotent).
@@ -67,10 +64,7 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -134,33 +128,19 @@ pub struct ServiceSpec<R> {
 
 /// Bind, then serve `spec` until `shutdown`; health turns SERVING when
 /// `spec.ready` resolves and NOT_SERVING as soon as shutdown starts.
-pub async fn spawn<R>(
-    settings: &Settings,
-    spec: ServiceSpec<R>,
-    shutdown: Shutdown,
-) -> Result<Running, ServeError>
+pub async fn spawn<R>(settings: &Settings, spec: ServiceSpec<R>, shutdown: Shutdown) -> Result<Running, ServeError>
 where
     R: Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind(settings.listen)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: settings.listen,
-        source,
-    })?;
+        .map_err(|source| ServeError::Bind { addr: settings.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: settings.listen, source })?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    health.set_service_status("", ServingStatus::NotServing).await;
     for name in &spec.grpc_names {
-        health
-            .set_service_status(*name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status(*name, ServingStatus::NotServing).await;
     }
 
     let reflection = || {
@@ -176,11 +156,7 @@ where
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let routes = spec
-        .routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let routes = spec.routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
     let service = settings.kind.name();
     let router = tonic::transport::Server::builder()
@@ -204,9 +180,7 @@ where
             }
             health.set_service_status("", ServingStatus::Serving).await;
             for name in names {
-                health
-                    .set_service_status(name, ServingStatus::Serving)
-                    .await;
+                health.set_service_status(name, ServingStatus::Serving).await;
             }
             tracing::info!(service, "serving");
         });
@@ -219,9 +193,7 @@ where
             let health = health.clone();
             async move {
                 shutdown.wait().await;
-                health
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
+                health.set_service_status("", ServingStatus::NotServing).await;
             }
         };
         let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);

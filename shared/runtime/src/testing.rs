@@ -2,7 +2,94 @@
 //! `CRM_TEST_DATABASE_URL` names a PostgreSQL server — a database with a
 //! unique name, created for the test and dropped after it.
 
+use std::{future::Future, net::SocketAddr, time::Duration};
+
 use sea_orm::{ConnectionTrait, Database};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::{
+    config::{ServiceKind, Settings},
+    server::{Running, ServeError, Shutdown},
+};
+
+/// A service under test: running on an ephemeral port over a fresh store;
+/// dropping it shuts the server down and drops the database.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its shutdown signal.
+    pub shutdown: Shutdown,
+    /// Its settings.
+    pub settings: Settings,
+    /// Its store.
+    pub db: TestDb,
+}
+
+impl TestServer {
+    /// Start `kind` with `start` (the service crate's `start`) on port 0
+    /// over a new test database, with `peers`, and wait until it serves.
+    pub async fn start<F, Fut>(kind: ServiceKind, peers: crate::config::Peers, start: F) -> TestServer
+    where
+        F: FnOnce(Settings, Shutdown) -> Fut,
+        Fut: Future<Output = Result<Running, ServeError>>,
+    {
+        let db = TestDb::new(kind.name()).await;
+        let mut settings = Settings::for_tests(kind, db.url.clone());
+        settings.peers = peers;
+        Self::start_with(settings, db, start).await
+    }
+
+    /// Start with explicit settings over an existing database.
+    pub async fn start_with<F, Fut>(settings: Settings, db: TestDb, start: F) -> TestServer
+    where
+        F: FnOnce(Settings, Shutdown) -> Fut,
+        Fut: Future<Output = Result<Running, ServeError>>,
+    {
+        let shutdown = Shutdown::new();
+        let running = start(settings.clone(), shutdown.clone()).await.unwrap_or_else(|e| panic!("start: {e}"));
+        let server = TestServer { addr: running.local_addr, shutdown, settings, db };
+        wait_until_serving(server.channel()).await;
+        server
+    }
+
+    /// `http://addr`, for clients and peers.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A lazily connected channel to it.
+    pub fn channel(&self) -> Channel {
+        match crate::client::channel(&self.url(), Some(Duration::from_secs(30))) {
+            Ok(c) => c,
+            Err(e) => panic!("channel: {e}"),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Wait until the server's overall health is SERVING (at most 30 s).
+pub async fn wait_until_serving(channel: Channel) {
+    let mut client = HealthClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.check(HealthCheckRequest { service: String::new() }).await {
+            if r.into_inner().status == ServingStatus::Serving as i32 {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("server did not become SERVING");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A database that exists for one test.
 #[derive(Debug)]
@@ -15,9 +102,7 @@ pub struct TestDb {
 
 /// The PostgreSQL server URL from `CRM_TEST_DATABASE_URL`, if set.
 pub fn postgres_server() -> Option<String> {
-    std::env::var("CRM_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| u.starts_with("postgres"))
+    std::env::var("CRM_TEST_DATABASE_URL").ok().filter(|u| u.starts_with("postgres"))
 }
 
 impl TestDb {
@@ -28,38 +113,24 @@ impl TestDb {
                 let server = server.trim_end_matches('/').to_owned();
                 let name = format!("crm_test_{label}_{}", uuid::Uuid::now_v7().simple());
                 let admin = admin_url(&server);
-                let conn = Database::connect(admin.clone())
-                    .await
-                    .unwrap_or_else(|e| panic!("connect to {admin}: {e}"));
+                let conn = Database::connect(admin.clone()).await.unwrap_or_else(|e| panic!("connect to {admin}: {e}"));
                 conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
                     .await
                     .unwrap_or_else(|e| panic!("create database: {e}"));
                 let _ = conn.close().await;
-                TestDb {
-                    url: format!("{}/{name}", base_url(&server)),
-                    postgres: Some((admin, name)),
-                    _dir: None,
-                }
+                TestDb { url: format!("{}/{name}", base_url(&server)), postgres: Some((admin, name)), _dir: None }
             }
             None => {
                 let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
                 let url = crate::config::sqlite_url(dir.path(), label);
-                TestDb {
-                    url,
-                    postgres: None,
-                    _dir: Some(dir),
-                }
+                TestDb { url, postgres: None, _dir: Some(dir) }
             }
         }
     }
 
     /// Which kind of store the tests run on, for their output.
     pub fn kind(&self) -> &'static str {
-        if self.postgres.is_some() {
-            "postgres"
-        } else {
-            "sqlite"
-        }
+        if self.postgres.is_some() { "postgres" } else { "sqlite" }
     }
 }
 
@@ -87,17 +158,11 @@ impl Drop for TestDb {
         // Drop runs outside any async context we can rely on: use a thread
         // with its own runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(rt) = rt {
                 rt.block_on(async move {
                     if let Ok(conn) = Database::connect(admin).await {
-                        let _ = conn
-                            .execute_unprepared(&format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            ))
-                            .await;
+                        let _ = conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                         let _ = conn.close().await;
                     }
                 });
@@ -113,14 +178,8 @@ mod tests {
 
     #[test]
     fn server_urls_lose_their_database() {
-        assert_eq!(
-            base_url("postgres://postgres@127.0.0.1:5432"),
-            "postgres://postgres@127.0.0.1:5432"
-        );
-        assert_eq!(
-            base_url("postgres://postgres@127.0.0.1:5432/x"),
-            "postgres://postgres@127.0.0.1:5432"
-        );
+        assert_eq!(base_url("postgres://postgres@127.0.0.1:5432"), "postgres://postgres@127.0.0.1:5432");
+        assert_eq!(base_url("postgres://postgres@127.0.0.1:5432/x"), "postgres://postgres@127.0.0.1:5432");
         assert_eq!(admin_url("postgres://u@h:1/x"), "postgres://u@h:1/postgres");
     }
 }

@@ -4,10 +4,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 /// A protobuf timestamp from a chrono instant.
 pub fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 /// A chrono instant from a protobuf timestamp, or `None` if out of range.
@@ -21,7 +18,5 @@ pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
 /// Now, truncated to microseconds (what both stores keep).
 pub fn now() -> DateTime<Utc> {
     let n = Utc::now();
-    Utc.timestamp_micros(n.timestamp_micros())
-        .single()
-        .unwrap_or(n)
+    Utc.timestamp_micros(n.timestamp_micros()).single().unwrap_or(n)
 }

@@ -60,9 +60,7 @@ async fn sequences_are_gap_free_under_concurrent_appends() {
         tasks.push(tokio::spawn(async move {
             for i in 0..40 {
                 let mut tx = store.begin_write().await.expect("begin");
-                tx.append(&format!("w{w}"), &event("x"))
-                    .await
-                    .expect("append");
+                tx.append(&format!("w{w}"), &event("x")).await.expect("append");
                 // Every fifth transaction rolls back: its number must be reused.
                 if i % 5 == 4 {
                     tx.rollback().await.expect("rollback");
@@ -75,9 +73,7 @@ async fn sequences_are_gap_free_under_concurrent_appends() {
     for t in tasks {
         t.await.expect("writer");
     }
-    let all = eventlog::read_after(store.conn(), 0, 10_000)
-        .await
-        .expect("read");
+    let all = eventlog::read_after(store.conn(), 0, 10_000).await.expect("read");
     let seqs: Vec<i64> = all.iter().map(|e| e.sequence).collect();
     assert_eq!(seqs, (1..=8 * 32).collect::<Vec<i64>>(), "on {}", db.kind());
     assert_eq!(eventlog::head(store.conn()).await.expect("head"), 8 * 32);
@@ -91,38 +87,22 @@ async fn subscribe_replays_then_tails_live() {
         append(&store, p).await;
     }
     let shutdown = Shutdown::new();
-    let mut stream = Box::pin(feed::subscribe::<ProfileEvent>(
-        store.clone(),
-        2,
-        shutdown.clone(),
-    ));
+    let mut stream = Box::pin(feed::subscribe::<ProfileEvent>(store.clone(), 2, shutdown.clone()));
     for expected in 3..=5 {
         let e = stream.next().await.expect("event").expect("ok");
         assert_eq!(e.sequence, expected);
     }
     // Nothing more yet: the tail waits.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), stream.next())
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(100), stream.next()).await.is_err());
     append(&store, "f").await;
     append(&store, "g").await;
-    let f = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .expect("tail")
-        .expect("event")
-        .expect("ok");
+    let f =
+        tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("tail").expect("event").expect("ok");
     assert_eq!((f.sequence, f.profile_id.as_str()), (6, "f"));
     let g = stream.next().await.expect("event").expect("ok");
     assert_eq!(g.sequence, 7);
     shutdown.trigger();
-    assert!(
-        tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("ends")
-            .is_none()
-    );
+    assert!(tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("ends").is_none());
 }
 
 /// Counts applied events in a table, in the cursor's transaction.
@@ -131,17 +111,9 @@ struct Counter {
 }
 
 impl Projection<ProfileEvent> for Counter {
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut WriteTxn,
-        event: &'a ProfileEvent,
-    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn apply<'a>(&'a self, tx: &'a mut WriteTxn, event: &'a ProfileEvent) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
-            tx.execute_raw(tx.stmt(
-                "INSERT INTO applied (sequence) VALUES (?)",
-                vec![event.sequence().into()],
-            ))
-            .await?;
+            tx.execute_raw(tx.stmt("INSERT INTO applied (sequence) VALUES (?)", vec![event.sequence().into()])).await?;
             if *self.fail_on.lock().expect("lock") == Some(event.sequence) {
                 return Err(RuntimeError::Internal("injected failure".into()));
             }
@@ -156,67 +128,29 @@ async fn applied(store: &Store) -> Vec<i64> {
         .query_all_raw(store.stmt("SELECT sequence FROM applied ORDER BY sequence", vec![]))
         .await
         .expect("rows");
-    rows.iter()
-        .map(|r| r.try_get_by_index::<i64>(0).expect("seq"))
-        .collect()
+    rows.iter().map(|r| r.try_get_by_index::<i64>(0).expect("seq")).collect()
 }
 
 #[tokio::test]
 async fn apply_once_skips_duplicates_refuses_gaps_and_rolls_back_failures() {
     let db = TestDb::new("runtime").await;
     let store = store(&db).await;
-    store
-        .conn()
-        .execute_unprepared("CREATE TABLE applied (sequence BIGINT PRIMARY KEY)")
-        .await
-        .expect("table");
-    let counter = Counter {
-        fail_on: Mutex::new(Some(3)),
-    };
+    store.conn().execute_unprepared("CREATE TABLE applied (sequence BIGINT PRIMARY KEY)").await.expect("table");
+    let counter = Counter { fail_on: Mutex::new(Some(3)) };
     let ev = |seq: i64| {
         let mut e = event("p");
         e.sequence = seq;
         e
     };
-    assert_eq!(
-        apply_once(&store, "src", &counter, &ev(1))
-            .await
-            .expect("1"),
-        Applied::Applied
-    );
-    assert_eq!(
-        apply_once(&store, "src", &counter, &ev(2))
-            .await
-            .expect("2"),
-        Applied::Applied
-    );
-    assert_eq!(
-        apply_once(&store, "src", &counter, &ev(2))
-            .await
-            .expect("2 again"),
-        Applied::Duplicate
-    );
-    assert!(
-        apply_once(&store, "src", &counter, &ev(4)).await.is_err(),
-        "a gap is refused"
-    );
-    assert!(
-        apply_once(&store, "src", &counter, &ev(3)).await.is_err(),
-        "injected failure"
-    );
-    assert_eq!(
-        applied(&store).await,
-        vec![1, 2],
-        "the failed apply left nothing behind"
-    );
+    assert_eq!(apply_once(&store, "src", &counter, &ev(1)).await.expect("1"), Applied::Applied);
+    assert_eq!(apply_once(&store, "src", &counter, &ev(2)).await.expect("2"), Applied::Applied);
+    assert_eq!(apply_once(&store, "src", &counter, &ev(2)).await.expect("2 again"), Applied::Duplicate);
+    assert!(apply_once(&store, "src", &counter, &ev(4)).await.is_err(), "a gap is refused");
+    assert!(apply_once(&store, "src", &counter, &ev(3)).await.is_err(), "injected failure");
+    assert_eq!(applied(&store).await, vec![1, 2], "the failed apply left nothing behind");
     assert_eq!(load_cursor(store.conn(), "src").await.expect("cursor"), 2);
     *counter.fail_on.lock().expect("lock") = None;
-    assert_eq!(
-        apply_once(&store, "src", &counter, &ev(3))
-            .await
-            .expect("3"),
-        Applied::Applied
-    );
+    assert_eq!(apply_once(&store, "src", &counter, &ev(3)).await.expect("3"), Applied::Applied);
     assert_eq!(applied(&store).await, vec![1, 2, 3]);
 }
 
@@ -226,32 +160,22 @@ async fn a_restarted_consumer_resumes_from_its_cursor_exactly_once() {
     let sink_db = TestDb::new("sink").await;
     let source = store(&source_db).await;
     let sink = store(&sink_db).await;
-    sink.conn()
-        .execute_unprepared("CREATE TABLE applied (sequence BIGINT PRIMARY KEY)")
-        .await
-        .expect("table");
+    sink.conn().execute_unprepared("CREATE TABLE applied (sequence BIGINT PRIMARY KEY)").await.expect("table");
     for i in 0..20 {
         append(&source, &format!("p{i}")).await;
     }
-    let projection = Arc::new(Counter {
-        fail_on: Mutex::new(None),
-    });
+    let projection = Arc::new(Counter { fail_on: Mutex::new(None) });
 
     // First run: follow, then stop mid-stream.
     let shutdown = Shutdown::new();
     let consumer = Consumer {
         name: "source".into(),
         store: sink.clone(),
-        source: Arc::new(LocalFeed {
-            store: source.clone(),
-            shutdown: shutdown.clone(),
-        }),
+        source: Arc::new(LocalFeed { store: source.clone(), shutdown: shutdown.clone() }),
         projection: projection.clone(),
     };
     let progress = consumer.spawn(shutdown.clone()).await.expect("spawn");
-    crm_runtime::consistency::wait_for(progress.watch(), 20, Duration::from_secs(10))
-        .await
-        .expect("caught up");
+    crm_runtime::consistency::wait_for(progress.watch(), 20, Duration::from_secs(10)).await.expect("caught up");
     shutdown.trigger();
     for i in 20..35 {
         append(&source, &format!("p{i}")).await;
@@ -262,29 +186,17 @@ async fn a_restarted_consumer_resumes_from_its_cursor_exactly_once() {
     let consumer = Consumer {
         name: "source".into(),
         store: sink.clone(),
-        source: Arc::new(LocalFeed {
-            store: source.clone(),
-            shutdown: shutdown.clone(),
-        }),
+        source: Arc::new(LocalFeed { store: source.clone(), shutdown: shutdown.clone() }),
         projection,
     };
     let progress = consumer.spawn(shutdown.clone()).await.expect("spawn");
     assert_eq!(progress.applied(), 20, "resumes from the stored cursor");
-    crm_runtime::consistency::wait_for(progress.watch(), 35, Duration::from_secs(10))
-        .await
-        .expect("caught up");
+    crm_runtime::consistency::wait_for(progress.watch(), 35, Duration::from_secs(10)).await.expect("caught up");
     // And it keeps tailing.
     append(&source, "late").await;
-    crm_runtime::consistency::wait_for(progress.watch(), 36, Duration::from_secs(10))
-        .await
-        .expect("tail");
+    crm_runtime::consistency::wait_for(progress.watch(), 36, Duration::from_secs(10)).await.expect("tail");
     shutdown.trigger();
-    assert_eq!(
-        applied(&sink).await,
-        (1..=36).collect::<Vec<i64>>(),
-        "each event exactly once on {}",
-        sink_db.kind()
-    );
+    assert_eq!(applied(&sink).await, (1..=36).collect::<Vec<i64>>(), "each event exactly once on {}", sink_db.kind());
 }
 
 #[tokio::test]
@@ -293,34 +205,17 @@ async fn idempotency_keys_replay_the_first_response() {
     let store = store(&db).await;
     let first = event("first");
     let tx = store.begin_write().await.expect("begin");
-    assert!(matches!(
-        idempotency::claim::<ProfileEvent>(&tx, "Op", "k1", 7)
-            .await
-            .expect("claim"),
-        Claim::Fresh
-    ));
-    idempotency::complete(&tx, "Op", "k1", &first)
-        .await
-        .expect("complete");
+    assert!(matches!(idempotency::claim::<ProfileEvent>(&tx, "Op", "k1", 7).await.expect("claim"), Claim::Fresh));
+    idempotency::complete(&tx, "Op", "k1", &first).await.expect("complete");
     tx.commit().await.expect("commit");
 
     let tx = store.begin_write().await.expect("begin");
-    match idempotency::claim::<ProfileEvent>(&tx, "Op", "k1", 7)
-        .await
-        .expect("claim")
-    {
+    match idempotency::claim::<ProfileEvent>(&tx, "Op", "k1", 7).await.expect("claim") {
         Claim::Replay(r) => assert_eq!(r, first),
         Claim::Fresh => panic!("a retry must replay"),
     }
-    let err = idempotency::claim::<ProfileEvent>(&tx, "Op", "k1", 8)
-        .await
-        .expect_err("different request");
+    let err = idempotency::claim::<ProfileEvent>(&tx, "Op", "k1", 8).await.expect_err("different request");
     assert!(matches!(err, RuntimeError::InvalidArgument(_)));
-    assert!(matches!(
-        idempotency::claim::<ProfileEvent>(&tx, "Other", "k1", 8)
-            .await
-            .expect("claim"),
-        Claim::Fresh
-    ));
+    assert!(matches!(idempotency::claim::<ProfileEvent>(&tx, "Other", "k1", 8).await.expect("claim"), Claim::Fresh));
     tx.rollback().await.expect("rollback");
 }

@@ -1,0 +1,260 @@
+//! Protobuf ↔ domain, in one place: requests are validated while they are
+//! converted, so handlers only ever see well-formed commands.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use crm_proto::{
+    common::v1::{Channel, TraitValue},
+    interaction::v1 as pb,
+};
+use crm_runtime::{
+    error::{FieldViolations, RuntimeError},
+    idempotency::{check_request_id, fingerprint},
+    page, time, validate,
+};
+use prost::Message;
+
+use crate::domain::{self, Line, LineError};
+
+/// Longest thread id.
+const MAX_THREAD_ID: usize = 128;
+
+/// How far in the future an occurrence may be (clock skew).
+fn max_future() -> Duration {
+    Duration::hours(24)
+}
+
+/// A validated RecordInteraction.
+#[derive(Debug, Clone)]
+pub struct NewInteraction {
+    /// Customer.
+    pub customer_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// Direction.
+    pub direction: pb::Direction,
+    /// Type (never purchase).
+    pub kind: pb::InteractionType,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// Thread.
+    pub thread_id: String,
+    /// Attributes.
+    pub attributes: HashMap<String, TraitValue>,
+    /// Purpose.
+    pub purpose: pb::Purpose,
+    /// Idempotency key.
+    pub request_id: String,
+    /// Fingerprint of the request.
+    pub fingerprint: i64,
+}
+
+fn occurred_at(v: &mut FieldViolations, field: &str, t: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
+    let now = time::now();
+    match validate::timestamp(v, field, t) {
+        Some(at) if at > now + max_future() => {
+            v.add(field, "must not be more than 24 hours in the future");
+            now
+        }
+        Some(at) => at,
+        None => now,
+    }
+}
+
+impl TryFrom<pb::RecordInteractionRequest> for NewInteraction {
+    type Error = RuntimeError;
+
+    fn try_from(req: pb::RecordInteractionRequest) -> Result<Self, RuntimeError> {
+        let fp = fingerprint(&req.encode_to_vec());
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "customer_id", &req.customer_id);
+        let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, true);
+        let direction = validate::enumeration::<pb::Direction>(&mut v, "direction", req.direction, false)
+            .unwrap_or(pb::Direction::Inbound);
+        let kind = validate::enumeration::<pb::InteractionType>(&mut v, "type", req.r#type, true);
+        if kind == Some(pb::InteractionType::Purchase) {
+            v.add("type", "record purchases with RecordPurchase");
+        }
+        let purpose = validate::enumeration::<pb::Purpose>(&mut v, "purpose", req.purpose, false);
+        if direction == pb::Direction::Outbound && purpose.is_none() {
+            v.add("purpose", "required for outbound contacts");
+        }
+        let occurred_at = occurred_at(&mut v, "occur_time", req.occur_time.as_ref());
+        validate::text(&mut v, "thread_id", &req.thread_id, MAX_THREAD_ID, false);
+        validate::attributes(&mut v, "attributes", &req.attributes);
+        check_request_id(&mut v, &req.request_id);
+        v.finish()?;
+        Ok(NewInteraction {
+            customer_id: req.customer_id,
+            channel: channel.unwrap_or_default(),
+            direction,
+            kind: kind.unwrap_or_default(),
+            occurred_at,
+            thread_id: req.thread_id,
+            attributes: req.attributes,
+            purpose: purpose.unwrap_or_default(),
+            request_id: req.request_id,
+            fingerprint: fp,
+        })
+    }
+}
+
+/// A validated RecordPurchase.
+#[derive(Debug, Clone)]
+pub struct NewPurchase {
+    /// Customer.
+    pub customer_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// When.
+    pub occurred_at: DateTime<Utc>,
+    /// Number in the selling system.
+    pub order_number: String,
+    /// Currency.
+    pub currency_code: String,
+    /// Lines as given.
+    pub lines: Vec<pb::OrderLine>,
+    /// Exact totals.
+    pub totals: domain::Totals,
+    /// Thread.
+    pub thread_id: String,
+    /// Attributes.
+    pub attributes: HashMap<String, TraitValue>,
+    /// Idempotency key.
+    pub request_id: String,
+    /// Fingerprint of the request.
+    pub fingerprint: i64,
+}
+
+impl TryFrom<pb::RecordPurchaseRequest> for NewPurchase {
+    type Error = RuntimeError;
+
+    fn try_from(req: pb::RecordPurchaseRequest) -> Result<Self, RuntimeError> {
+        let fp = fingerprint(&req.encode_to_vec());
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "customer_id", &req.customer_id);
+        let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, true);
+        let occurred_at = occurred_at(&mut v, "occur_time", req.occur_time.as_ref());
+        validate::text(&mut v, "order_number", &req.order_number, validate::MAX_SHORT_TEXT, false);
+        v.require(domain::is_currency_code(&req.currency_code), "currency_code", "an ISO 4217 code such as EUR");
+        validate::text(&mut v, "thread_id", &req.thread_id, MAX_THREAD_ID, false);
+        validate::attributes(&mut v, "attributes", &req.attributes);
+        check_request_id(&mut v, &req.request_id);
+        if req.lines.is_empty() {
+            v.add("lines", "at least one line");
+        } else if req.lines.len() > domain::MAX_LINES {
+            v.add("lines", format!("at most {} lines", domain::MAX_LINES));
+        }
+        let mut lines = Vec::with_capacity(req.lines.len());
+        for (i, l) in req.lines.iter().enumerate().take(domain::MAX_LINES) {
+            validate::text(&mut v, &format!("lines[{i}].sku"), &l.sku, 64, true);
+            validate::text(&mut v, &format!("lines[{i}].category"), &l.category, 64, false);
+            let line = Line { quantity: l.quantity, unit_price: l.unit_price_minor, unit_cost: l.unit_cost_minor };
+            match domain::check_line(&line) {
+                Ok(()) => lines.push(line),
+                Err(LineError::Quantity) => {
+                    v.add(format!("lines[{i}].quantity"), format!("between 1 and {}", domain::MAX_QUANTITY))
+                }
+                Err(LineError::Price) => {
+                    v.add(format!("lines[{i}].unit_price_minor"), format!("between 0 and {}", domain::MAX_UNIT_AMOUNT))
+                }
+                Err(LineError::Cost) => {
+                    v.add(format!("lines[{i}].unit_cost_minor"), format!("between 0 and {}", domain::MAX_UNIT_AMOUNT))
+                }
+            }
+        }
+        let totals = domain::totals(&lines);
+        if totals.is_none() {
+            v.add("lines", "order total is too large");
+        }
+        v.finish()?;
+        Ok(NewPurchase {
+            customer_id: req.customer_id,
+            channel: channel.unwrap_or_default(),
+            occurred_at,
+            order_number: req.order_number,
+            currency_code: req.currency_code,
+            lines: req.lines,
+            totals: totals.unwrap_or_default(),
+            thread_id: req.thread_id,
+            attributes: req.attributes,
+            request_id: req.request_id,
+            fingerprint: fp,
+        })
+    }
+}
+
+/// A validated timeline query.
+#[derive(Debug, Clone)]
+pub struct TimelineQuery {
+    /// Customer.
+    pub customer_id: String,
+    /// Page size.
+    pub page_size: u64,
+    /// Keyset cursor: (occurred_at_us, id) of the last item of the previous page.
+    pub after: Option<(i64, String)>,
+    /// Only this channel.
+    pub channel: Option<Channel>,
+    /// Only this type.
+    pub kind: Option<pb::InteractionType>,
+    /// Only from this instant (inclusive), microseconds.
+    pub from_us: Option<i64>,
+    /// Only until this instant (exclusive), microseconds.
+    pub until_us: Option<i64>,
+    /// Only this thread.
+    pub thread_id: Option<String>,
+}
+
+/// Encode a timeline cursor.
+pub fn timeline_token(occurred_at_us: i64, id: &str) -> String {
+    page::encode_token(&format!("{occurred_at_us}|{id}"))
+}
+
+impl TryFrom<pb::ListInteractionsRequest> for TimelineQuery {
+    type Error = RuntimeError;
+
+    fn try_from(req: pb::ListInteractionsRequest) -> Result<Self, RuntimeError> {
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "customer_id", &req.customer_id);
+        let page_size = page::page_size(&mut v, req.page_size);
+        let after = page::decode_token(&mut v, &req.page_token).and_then(|t| {
+            let parsed = t.split_once('|').and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())));
+            if parsed.is_none() {
+                v.add("page_token", "not a token returned by this service");
+            }
+            parsed
+        });
+        let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, false);
+        let kind = validate::enumeration::<pb::InteractionType>(&mut v, "type", req.r#type, false);
+        let (mut from_us, mut until_us) = (None, None);
+        if let Some(p) = &req.period {
+            from_us =
+                validate::timestamp(&mut v, "period.start_time", p.start_time.as_ref()).map(|t| t.timestamp_micros());
+            until_us =
+                validate::timestamp(&mut v, "period.end_time", p.end_time.as_ref()).map(|t| t.timestamp_micros());
+            if let (Some(f), Some(u)) = (from_us, until_us) {
+                v.require(f <= u, "period", "start_time must not be after end_time");
+            }
+        }
+        validate::text(&mut v, "thread_id", &req.thread_id, MAX_THREAD_ID, false);
+        v.finish()?;
+        Ok(TimelineQuery {
+            customer_id: req.customer_id,
+            page_size,
+            after,
+            channel,
+            kind,
+            from_us,
+            until_us,
+            thread_id: (!req.thread_id.is_empty()).then_some(req.thread_id),
+        })
+    }
+}
+
+/// A required id from a Get request.
+pub fn require_id(field: &str, value: &str) -> Result<(), RuntimeError> {
+    let mut v = FieldViolations::new();
+    validate::id(&mut v, field, value);
+    v.finish()
+}

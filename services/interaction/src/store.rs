@@ -1,0 +1,313 @@
+//! The interaction store: sea-orm entities and the queries and write
+//! transactions of every RPC. Each row keeps its indexed columns beside the
+//! full record (`body`, the encoded message).
+
+use crm_proto::{
+    common::v1::Money,
+    interaction::v1::{self as pb, InteractionEvent, interaction_event::Kind},
+};
+use crm_runtime::{
+    db::Store,
+    error::RuntimeError,
+    idempotency::{self, Claim},
+    ids::new_id,
+    time::{now, to_timestamp},
+};
+use prost::Message;
+use sea_orm::{ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::conversions::{NewInteraction, NewPurchase, TimelineQuery, timeline_token};
+
+/// Interactions (the timeline).
+pub mod interactions {
+    #![allow(missing_docs)]
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "interactions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub customer_id: String,
+        pub channel: i32,
+        pub direction: i32,
+        pub kind: i32,
+        pub occurred_at_us: i64,
+        pub thread_id: String,
+        pub order_id: Option<String>,
+        pub sequence: i64,
+        pub body: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Orders.
+pub mod orders {
+    #![allow(missing_docs)]
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "orders")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub customer_id: String,
+        pub order_number: String,
+        pub currency_code: String,
+        pub revenue_minor: i64,
+        pub cost_minor: i64,
+        pub occurred_at_us: i64,
+        pub body: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Order lines, for returns and product analyses.
+pub mod order_lines {
+    #![allow(missing_docs)]
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "order_lines")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub order_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub line_no: i32,
+        pub sku: String,
+        pub category: String,
+        pub quantity: i64,
+        pub unit_price_minor: i64,
+        pub unit_cost_minor: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, RuntimeError> {
+    M::decode(bytes).map_err(|e| RuntimeError::Internal(format!("stored {what} undecodable: {e}")))
+}
+
+fn interaction_from_row(m: &interactions::Model) -> Result<pb::Interaction, RuntimeError> {
+    let mut i: pb::Interaction = decode(&m.body, "interaction")?;
+    i.customer_id.clone_from(&m.customer_id);
+    Ok(i)
+}
+
+fn interaction_row(i: &pb::Interaction, occurred_at_us: i64) -> interactions::ActiveModel {
+    interactions::ActiveModel {
+        id: Set(i.id.clone()),
+        customer_id: Set(i.customer_id.clone()),
+        channel: Set(i.channel),
+        direction: Set(i.direction),
+        kind: Set(i.r#type),
+        occurred_at_us: Set(occurred_at_us),
+        thread_id: Set(i.thread_id.clone()),
+        order_id: Set((!i.order_id.is_empty()).then(|| i.order_id.clone())),
+        sequence: Set(i.sequence),
+        body: Set(i.encode_to_vec()),
+    }
+}
+
+/// Record one interaction, idempotently; returns it with its sequence.
+pub async fn record_interaction(
+    store: &Store,
+    cmd: NewInteraction,
+) -> Result<pb::RecordInteractionResponse, RuntimeError> {
+    const SCOPE: &str = "RecordInteraction";
+    let mut tx = store.begin_write().await?;
+    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
+        tx.rollback().await?;
+        return Ok(r);
+    }
+    let recorded = now();
+    let mut interaction = pb::Interaction {
+        id: new_id(),
+        customer_id: cmd.customer_id.clone(),
+        channel: cmd.channel as i32,
+        direction: cmd.direction as i32,
+        r#type: cmd.kind as i32,
+        occur_time: Some(to_timestamp(cmd.occurred_at)),
+        record_time: Some(to_timestamp(recorded)),
+        thread_id: cmd.thread_id,
+        attributes: cmd.attributes,
+        purpose: cmd.purpose as i32,
+        order_id: String::new(),
+        sequence: 0,
+    };
+    let (sequence, _) = tx
+        .append_with(&cmd.customer_id, |seq| {
+            interaction.sequence = seq;
+            InteractionEvent {
+                sequence: seq,
+                occur_time: Some(to_timestamp(recorded)),
+                customer_id: cmd.customer_id.clone(),
+                kind: Some(Kind::InteractionRecorded(pb::InteractionRecorded {
+                    interaction: Some(interaction.clone()),
+                })),
+            }
+        })
+        .await?;
+    interactions::Entity::insert(interaction_row(&interaction, cmd.occurred_at.timestamp_micros()))
+        .exec_without_returning(&*tx)
+        .await?;
+    let response = pb::RecordInteractionResponse { interaction: Some(interaction), sequence };
+    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+fn money(currency: &str, minor: i64) -> Option<Money> {
+    Some(Money { currency_code: currency.to_owned(), minor_units: minor })
+}
+
+/// Record a purchase — the order, its lines and its interaction — idempotently.
+pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::RecordPurchaseResponse, RuntimeError> {
+    const SCOPE: &str = "RecordPurchase";
+    let mut tx = store.begin_write().await?;
+    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
+        tx.rollback().await?;
+        return Ok(r);
+    }
+    let recorded = now();
+    let occurred_at_us = cmd.occurred_at.timestamp_micros();
+    let order = pb::Order {
+        id: new_id(),
+        customer_id: cmd.customer_id.clone(),
+        order_number: cmd.order_number.clone(),
+        currency_code: cmd.currency_code.clone(),
+        lines: cmd.lines.clone(),
+        revenue: money(&cmd.currency_code, cmd.totals.revenue),
+        cost: money(&cmd.currency_code, cmd.totals.cost),
+        margin: money(&cmd.currency_code, cmd.totals.margin()),
+        occur_time: Some(to_timestamp(cmd.occurred_at)),
+        channel: cmd.channel as i32,
+    };
+    let mut interaction = pb::Interaction {
+        id: new_id(),
+        customer_id: cmd.customer_id.clone(),
+        channel: cmd.channel as i32,
+        direction: pb::Direction::Inbound as i32,
+        r#type: pb::InteractionType::Purchase as i32,
+        occur_time: Some(to_timestamp(cmd.occurred_at)),
+        record_time: Some(to_timestamp(recorded)),
+        thread_id: cmd.thread_id,
+        attributes: cmd.attributes,
+        purpose: 0,
+        order_id: order.id.clone(),
+        sequence: 0,
+    };
+    let (sequence, _) = tx
+        .append_with(&cmd.customer_id, |seq| {
+            interaction.sequence = seq;
+            InteractionEvent {
+                sequence: seq,
+                occur_time: Some(to_timestamp(recorded)),
+                customer_id: cmd.customer_id.clone(),
+                kind: Some(Kind::PurchaseRecorded(pb::PurchaseRecorded {
+                    order: Some(order.clone()),
+                    interaction: Some(interaction.clone()),
+                })),
+            }
+        })
+        .await?;
+    orders::Entity::insert(orders::ActiveModel {
+        id: Set(order.id.clone()),
+        customer_id: Set(order.customer_id.clone()),
+        order_number: Set(order.order_number.clone()),
+        currency_code: Set(order.currency_code.clone()),
+        revenue_minor: Set(cmd.totals.revenue),
+        cost_minor: Set(cmd.totals.cost),
+        occurred_at_us: Set(occurred_at_us),
+        body: Set(order.encode_to_vec()),
+    })
+    .exec_without_returning(&*tx)
+    .await?;
+    let lines = order.lines.iter().enumerate().map(|(i, l)| order_lines::ActiveModel {
+        order_id: Set(order.id.clone()),
+        line_no: Set(i as i32),
+        sku: Set(l.sku.clone()),
+        category: Set(l.category.clone()),
+        quantity: Set(l.quantity),
+        unit_price_minor: Set(l.unit_price_minor),
+        unit_cost_minor: Set(l.unit_cost_minor),
+    });
+    order_lines::Entity::insert_many(lines).exec_without_returning(&*tx).await?;
+    interactions::Entity::insert(interaction_row(&interaction, occurred_at_us)).exec_without_returning(&*tx).await?;
+    let response = pb::RecordPurchaseResponse { order: Some(order), interaction: Some(interaction), sequence };
+    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// One interaction by id.
+pub async fn get_interaction(store: &Store, id: &str) -> Result<pb::Interaction, RuntimeError> {
+    let row = interactions::Entity::find_by_id(id.to_owned())
+        .one(store.conn())
+        .await?
+        .ok_or_else(|| RuntimeError::NotFound { resource: "interaction", id: id.to_owned() })?;
+    interaction_from_row(&row)
+}
+
+/// One order by id.
+pub async fn get_order(store: &Store, id: &str) -> Result<pb::Order, RuntimeError> {
+    let row = orders::Entity::find_by_id(id.to_owned())
+        .one(store.conn())
+        .await?
+        .ok_or_else(|| RuntimeError::NotFound { resource: "order", id: id.to_owned() })?;
+    let mut order: pb::Order = decode(&row.body, "order")?;
+    order.customer_id = row.customer_id;
+    Ok(order)
+}
+
+/// A page of a customer's timeline, newest first, and the next page's token.
+pub async fn list_interactions(
+    store: &Store,
+    q: &TimelineQuery,
+) -> Result<(Vec<pb::Interaction>, String), RuntimeError> {
+    use interactions::Column as C;
+    let mut find = interactions::Entity::find().filter(C::CustomerId.eq(q.customer_id.as_str()));
+    if let Some(c) = q.channel {
+        find = find.filter(C::Channel.eq(c as i32));
+    }
+    if let Some(k) = q.kind {
+        find = find.filter(C::Kind.eq(k as i32));
+    }
+    if let Some(f) = q.from_us {
+        find = find.filter(C::OccurredAtUs.gte(f));
+    }
+    if let Some(u) = q.until_us {
+        find = find.filter(C::OccurredAtUs.lt(u));
+    }
+    if let Some(t) = &q.thread_id {
+        find = find.filter(C::ThreadId.eq(t.as_str()));
+    }
+    if let Some((at, id)) = &q.after {
+        find = find.filter(
+            Condition::any()
+                .add(C::OccurredAtUs.lt(*at))
+                .add(Condition::all().add(C::OccurredAtUs.eq(*at)).add(C::Id.lt(id.as_str()))),
+        );
+    }
+    let mut rows =
+        find.order_by_desc(C::OccurredAtUs).order_by_desc(C::Id).limit(q.page_size + 1).all(store.conn()).await?;
+    let more = rows.len() as u64 > q.page_size;
+    rows.truncate(q.page_size as usize);
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => timeline_token(last.occurred_at_us, &last.id),
+        _ => String::new(),
+    };
+    let items = rows.iter().map(interaction_from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok((items, next))
+}
