@@ -79,6 +79,10 @@ pub struct ServerArgs {
     /// Largest database connection pool (PostgreSQL; SQLite uses fewer).
     #[arg(long, env = "CRM_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Region (ISO 3166-1 alpha-2) for phone numbers written without a
+    /// country code.
+    #[arg(long, env = "CRM_DEFAULT_REGION", default_value = "ES")]
+    pub default_region: String,
     /// Address of identification, for services that call or follow it.
     #[arg(long, env = "CRM_IDENTIFICATION_ADDR")]
     pub identification_addr: Option<String>,
@@ -170,6 +174,8 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// The other services.
     pub peers: Peers,
+    /// Region for phone numbers without a country code.
+    pub default_region: String,
 }
 
 impl Settings {
@@ -185,6 +191,7 @@ impl Settings {
             drain_timeout: Duration::from_secs(5),
             db_max_connections: 8,
             peers: Peers::default(),
+            default_region: "ES".to_owned(),
         }
     }
 
@@ -218,6 +225,7 @@ impl Settings {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             db_max_connections: args.db_max_connections.max(1),
             peers,
+            default_region: args.default_region.clone(),
         })
     }
 }

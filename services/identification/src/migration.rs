@@ -1,0 +1,81 @@
+//! The identification store's schema.
+
+use sea_orm_migration::{prelude::*, sea_orm::DbErr};
+
+/// Every migration of the identification store, in order.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(crm_runtime::migration::RuntimeTables), Box::new(ProfileTables)]
+    }
+}
+
+/// Profiles and their identifiers.
+pub struct ProfileTables;
+
+impl MigrationName for ProfileTables {
+    fn name(&self) -> &str {
+        "m20261122_000001_profiles"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ProfileTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("profiles")
+                    .col(ColumnDef::new("id").string().not_null().primary_key())
+                    .col(ColumnDef::new("status").integer().not_null())
+                    .col(ColumnDef::new("lifecycle_stage").integer().not_null())
+                    .col(ColumnDef::new("target_group").string().not_null())
+                    .col(ColumnDef::new("created_at_us").big_integer().not_null())
+                    .col(ColumnDef::new("updated_at_us").big_integer().not_null())
+                    .col(ColumnDef::new("version").big_integer().not_null())
+                    .col(ColumnDef::new("body").blob().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("profiles_stage_group")
+                    .table("profiles")
+                    .col("lifecycle_stage")
+                    .col("target_group")
+                    .to_owned(),
+            )
+            .await?;
+        // The primary key is the normalised identifier: one identifier,
+        // one profile, enforced by the database under any concurrency.
+        manager
+            .create_table(
+                Table::create()
+                    .table("identifiers")
+                    .col(ColumnDef::new("kind").integer().not_null())
+                    .col(ColumnDef::new("namespace").string().not_null())
+                    .col(ColumnDef::new("value").string().not_null())
+                    .col(ColumnDef::new("profile_id").string().not_null())
+                    .col(ColumnDef::new("created_at_us").big_integer().not_null())
+                    .col(ColumnDef::new("last_seen_at_us").big_integer().not_null())
+                    .col(ColumnDef::new("source_channel").integer().not_null())
+                    .primary_key(Index::create().col("kind").col("namespace").col("value"))
+                    .foreign_key(ForeignKey::create().from("identifiers", "profile_id").to("profiles", "id"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(Index::create().name("identifiers_profile").table("identifiers").col("profile_id").to_owned())
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for t in ["identifiers", "profiles"] {
+            manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
+        }
+        Ok(())
+    }
+}
