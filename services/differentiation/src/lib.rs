@@ -1,1 +1,50 @@
-//! placeholder
+//! Differentiation — Differentiate: what each customer is worth and what
+//! they need. Builds its projections from the interaction feed (exactly
+//! once, cursor in the same transaction) and answers value reads with
+//! consistency tokens.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod domain;
+pub mod migration;
+pub mod store;
+
+use std::sync::Arc;
+
+use crm_proto::differentiation::v1::differentiation_service_server::DifferentiationServiceServer;
+use crm_runtime::{
+    client,
+    config::{ServiceKind, Settings},
+    consumer::{Consumer, InteractionFeed},
+    db::Store,
+    server::{Running, ServeError, ServiceSpec, Shutdown, spawn},
+};
+use tonic::server::NamedService;
+
+/// The fully-qualified gRPC service name.
+pub const SERVICE_NAME: &str = <DifferentiationServiceServer<api::DifferentiationApi> as NamedService>::NAME;
+
+/// The cursor name of the interaction feed consumer.
+pub const INTERACTION_FEED: &str = "interaction";
+
+/// Connect and migrate the store, follow the interaction feed, then serve
+/// until `shutdown`. Health turns SERVING once the feed is connected.
+pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, ServeError> {
+    let interaction = settings.peers.require(ServiceKind::Interaction)?;
+    let store = Store::connect(&settings.database_url, settings.db_max_connections).await?;
+    store.migrate::<migration::Migrator>().await?;
+    let consumer = Consumer {
+        name: INTERACTION_FEED.to_owned(),
+        store: store.clone(),
+        source: Arc::new(InteractionFeed(client::channel(&interaction, None)?)),
+        projection: Arc::new(store::PurchaseSummaryProjection),
+    };
+    let progress = consumer.spawn(shutdown.clone()).await?;
+    let api = api::DifferentiationApi::new(store, progress.clone(), settings.request_timeout);
+    let service = DifferentiationServiceServer::new(api)
+        .max_decoding_message_size(settings.max_message_bytes)
+        .max_encoding_message_size(settings.max_message_bytes);
+    let ready = async move { progress.connected().await };
+    let spec = ServiceSpec { grpc_names: vec![SERVICE_NAME], routes: tonic::service::Routes::new(service), ready };
+    spawn(settings, spec, shutdown).await
+}
