@@ -1,1 +1,148 @@
-fn main() {}
+//! `crm`: one binary, many targets. `crm serve <service>` runs one service
+//! (what a container runs); `crm up` runs the whole suite on localhost;
+//! `crm migrate <service>` runs a store's migrations and exits.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use crm_runtime::{
+    config::{ServerArgs, ServiceKind, Settings},
+    server::Shutdown,
+    telemetry::{self, LogFormat},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "crm", version, about = "IDIC CRM: identify, differentiate, interact, customize")]
+struct Cli {
+    /// Log format (default: json for serve and migrate, pretty for up).
+    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one service.
+    Serve {
+        /// Which service.
+        #[arg(value_enum)]
+        service: ServiceKind,
+        #[command(flatten)]
+        args: ServerArgs,
+    },
+    /// Run the whole suite in one process: gateway on 50051 (or --port) and
+    /// the four services on the next four ports, each with its own SQLite
+    /// file under the data directory.
+    Up {
+        #[command(flatten)]
+        args: ServerArgs,
+    },
+    /// Run a service's database migrations and exit.
+    Migrate {
+        /// Which service.
+        #[arg(value_enum)]
+        service: ServiceKind,
+        #[command(flatten)]
+        args: ServerArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_format = if matches!(cli.command, Command::Up { .. }) { LogFormat::Pretty } else { LogFormat::Json };
+    let telemetry = telemetry::init(cli.log_format.unwrap_or(default_format));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    telemetry.shutdown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "crm failed");
+            eprintln!("crm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { service, args } => {
+            let settings = Settings::from_args(service, &args, true)?;
+            let shutdown = Shutdown::on_signals();
+            let running = crm::start(service, &settings, shutdown.clone()).await?;
+            running.task.await??;
+            Ok(())
+        }
+        Command::Up { args } => {
+            let base = args.port.unwrap_or(ServiceKind::Gateway.default_port());
+            let mut settings = Vec::new();
+            for kind in ServiceKind::ALL {
+                let mut s = Settings::from_args(kind, &args, false)?;
+                s.listen.set_port(up_port(base, kind));
+                settings.push(s);
+            }
+            let peers = up_peers(base);
+            let shutdown = Shutdown::on_signals();
+            let running = crm::up(
+                |kind| {
+                    let mut s =
+                        settings.iter().find(|s| s.kind == kind).cloned().unwrap_or_else(|| unreachable_settings(kind));
+                    s.peers = peers.clone();
+                    s
+                },
+                shutdown.clone(),
+            )
+            .await?;
+            tracing::info!(gateway = %format!("localhost:{base}"), "suite is up; try: grpcurl -plaintext localhost:{base} list");
+            let mut failed = None;
+            for (kind, r) in running {
+                match r.task.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        shutdown.trigger();
+                        failed.get_or_insert(anyhow::anyhow!("{}: {e}", kind.name()));
+                    }
+                    Err(e) => {
+                        shutdown.trigger();
+                        failed.get_or_insert(anyhow::anyhow!("{}: {e}", kind.name()));
+                    }
+                }
+            }
+            failed.map_or(Ok(()), Err)
+        }
+        Command::Migrate { service, args } => {
+            let settings = Settings::from_args(service, &args, true)?;
+            crm::migrate(service, &settings.database_url).await?;
+            tracing::info!(service = service.name(), "migrations applied");
+            Ok(())
+        }
+    }
+}
+
+/// Port of a service under `crm up` with the gateway on `base`.
+fn up_port(base: u16, kind: ServiceKind) -> u16 {
+    base.saturating_add(kind.default_port() - ServiceKind::Gateway.default_port())
+}
+
+fn up_peers(base: u16) -> crm_runtime::config::Peers {
+    let at = |k| Some(format!("http://127.0.0.1:{}", up_port(base, k)));
+    crm_runtime::config::Peers {
+        identification: at(ServiceKind::Identification),
+        interaction: at(ServiceKind::Interaction),
+        differentiation: at(ServiceKind::Differentiation),
+        personalization: at(ServiceKind::Personalization),
+    }
+}
+
+fn unreachable_settings(kind: ServiceKind) -> Settings {
+    // Every kind is in ServiceKind::ALL, for which settings were built.
+    Settings::for_tests(kind, String::new())
+}

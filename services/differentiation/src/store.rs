@@ -128,8 +128,7 @@ pub async fn customer_value(
             last_purchase_us: r.try_get_by_index(4)?,
         };
         let derived = domain::derive(&counts, now);
-        let ts =
-            |us: Option<i64>| us.and_then(|us| chrono::DateTime::from_timestamp_micros(us)).map(time::to_timestamp);
+        let ts = |us: Option<i64>| us.and_then(chrono::DateTime::from_timestamp_micros).map(time::to_timestamp);
         summary = pb::PurchaseSummary {
             order_count: counts.orders,
             transaction_count: counts.transactions,

@@ -8,10 +8,7 @@ use crm_runtime::{db::Store, error::FieldViolations, feed, server::Shutdown, val
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::{
-    conversions::{ResolveCommand, require_id},
-    store,
-};
+use crate::{conversions::ResolveCommand, store};
 
 /// The identification service.
 #[derive(Clone, Debug)]
@@ -51,7 +48,7 @@ impl IdentificationService for IdentificationApi {
         request: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
         let id = request.into_inner().profile_id;
-        require_id("profile_id", &id)?;
+        validate::require_id("profile_id", &id)?;
         let profile = store::get_profile(&self.store, &id).await?;
         Ok(Response::new(pb::GetProfileResponse { profile: Some(profile) }))
     }

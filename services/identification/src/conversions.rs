@@ -98,10 +98,10 @@ pub fn check_attributes(v: &mut FieldViolations, field: &str, a: &pb::ProfileAtt
             validate::text(v, &format!("{field}.name.{part}"), value, validate::MAX_SHORT_TEXT, false);
         }
     }
-    if let Some(d) = &a.birth_date {
-        if !is_plausible_birth_date(d) {
-            v.add(format!("{field}.birth_date"), "not a calendar date between 1900 and today");
-        }
+    if let Some(d) = &a.birth_date
+        && !is_plausible_birth_date(d)
+    {
+        v.add(format!("{field}.birth_date"), "not a calendar date between 1900 and today");
     }
     if let Some(addr) = &a.address {
         if addr.lines.len() > 5 {
@@ -113,15 +113,13 @@ pub fn check_attributes(v: &mut FieldViolations, field: &str, a: &pb::ProfileAtt
         validate::text(v, &format!("{field}.address.locality"), &addr.locality, 128, false);
         validate::text(v, &format!("{field}.address.region"), &addr.region, 128, false);
         validate::text(v, &format!("{field}.address.postal_code"), &addr.postal_code, 32, false);
-        if !addr.country_code.is_empty()
-            && !(addr.country_code.len() == 2 && addr.country_code.bytes().all(|b| b.is_ascii_uppercase()))
-        {
+        let country_ok = addr.country_code.len() == 2 && addr.country_code.bytes().all(|b| b.is_ascii_uppercase());
+        if !addr.country_code.is_empty() && !country_ok {
             v.add(format!("{field}.address.country_code"), "an ISO 3166-1 alpha-2 code such as ES");
         }
     }
-    if !a.locale.is_empty()
-        && !(a.locale.len() <= 35 && a.locale.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-    {
+    let locale_ok = a.locale.len() <= 35 && a.locale.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !a.locale.is_empty() && !locale_ok {
         v.add(format!("{field}.locale"), "a BCP 47 tag such as es-ES");
     }
     validate::attributes(v, &format!("{field}.traits"), &a.traits);
@@ -141,13 +139,6 @@ fn is_plausible_birth_date(d: &Date) -> bool {
         return true;
     }
     NaiveDate::from_ymd_opt(d.year, d.month as u32, d.day as u32).is_some_and(|date| date <= Utc::now().date_naive())
-}
-
-/// A required id from a request.
-pub fn require_id(field: &str, value: &str) -> Result<(), RuntimeError> {
-    let mut v = FieldViolations::new();
-    validate::id(&mut v, field, value);
-    v.finish()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    conversions::{NewInteraction, NewPurchase, TimelineQuery, require_id},
+    conversions::{NewInteraction, NewPurchase, TimelineQuery},
     store,
 };
 
@@ -46,7 +46,7 @@ impl InteractionService for InteractionApi {
         request: Request<pb::GetInteractionRequest>,
     ) -> Result<Response<pb::GetInteractionResponse>, Status> {
         let id = request.into_inner().interaction_id;
-        require_id("interaction_id", &id)?;
+        validate::require_id("interaction_id", &id)?;
         let interaction = store::get_interaction(&self.store, &id).await?;
         Ok(Response::new(pb::GetInteractionResponse { interaction: Some(interaction) }))
     }
@@ -72,7 +72,7 @@ impl InteractionService for InteractionApi {
 
     async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
         let id = request.into_inner().order_id;
-        require_id("order_id", &id)?;
+        validate::require_id("order_id", &id)?;
         let order = store::get_order(&self.store, &id).await?;
         Ok(Response::new(pb::GetOrderResponse { order: Some(order), returns: vec![] }))
     }

@@ -15,7 +15,7 @@ use crm_runtime::{
 };
 use prost::Message;
 
-use crate::domain::{self, Line, LineError};
+use crate::domain::{self, Line};
 
 /// Longest thread id.
 const MAX_THREAD_ID: usize = 128;
@@ -137,35 +137,17 @@ impl TryFrom<pb::RecordPurchaseRequest> for NewPurchase {
         let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, true);
         let occurred_at = occurred_at(&mut v, "occur_time", req.occur_time.as_ref());
         validate::text(&mut v, "order_number", &req.order_number, validate::MAX_SHORT_TEXT, false);
-        v.require(domain::is_currency_code(&req.currency_code), "currency_code", "an ISO 4217 code such as EUR");
+        validate::order(&mut v, "", &req.currency_code, &req.lines);
         validate::text(&mut v, "thread_id", &req.thread_id, MAX_THREAD_ID, false);
         validate::attributes(&mut v, "attributes", &req.attributes);
         check_request_id(&mut v, &req.request_id);
-        if req.lines.is_empty() {
-            v.add("lines", "at least one line");
-        } else if req.lines.len() > domain::MAX_LINES {
-            v.add("lines", format!("at most {} lines", domain::MAX_LINES));
-        }
-        let mut lines = Vec::with_capacity(req.lines.len());
-        for (i, l) in req.lines.iter().enumerate().take(domain::MAX_LINES) {
-            validate::text(&mut v, &format!("lines[{i}].sku"), &l.sku, 64, true);
-            validate::text(&mut v, &format!("lines[{i}].category"), &l.category, 64, false);
-            let line = Line { quantity: l.quantity, unit_price: l.unit_price_minor, unit_cost: l.unit_cost_minor };
-            match domain::check_line(&line) {
-                Ok(()) => lines.push(line),
-                Err(LineError::Quantity) => {
-                    v.add(format!("lines[{i}].quantity"), format!("between 1 and {}", domain::MAX_QUANTITY))
-                }
-                Err(LineError::Price) => {
-                    v.add(format!("lines[{i}].unit_price_minor"), format!("between 0 and {}", domain::MAX_UNIT_AMOUNT))
-                }
-                Err(LineError::Cost) => {
-                    v.add(format!("lines[{i}].unit_cost_minor"), format!("between 0 and {}", domain::MAX_UNIT_AMOUNT))
-                }
-            }
-        }
+        let lines: Vec<Line> = req
+            .lines
+            .iter()
+            .map(|l| Line { quantity: l.quantity, unit_price: l.unit_price_minor, unit_cost: l.unit_cost_minor })
+            .collect();
         let totals = domain::totals(&lines);
-        if totals.is_none() {
+        if totals.is_none() && v.is_empty() {
             v.add("lines", "order total is too large");
         }
         v.finish()?;
@@ -250,11 +232,4 @@ impl TryFrom<pb::ListInteractionsRequest> for TimelineQuery {
             thread_id: (!req.thread_id.is_empty()).then_some(req.thread_id),
         })
     }
-}
-
-/// A required id from a Get request.
-pub fn require_id(field: &str, value: &str) -> Result<(), RuntimeError> {
-    let mut v = FieldViolations::new();
-    validate::id(&mut v, field, value);
-    v.finish()
 }

@@ -1,12 +1,5 @@
-//! Pure interaction logic: order arithmetic and its limits. No I/O.
-
-/// Most lines in one order.
-pub const MAX_LINES: usize = 500;
-/// Largest quantity on one line.
-pub const MAX_QUANTITY: i64 = 1_000_000;
-/// Largest unit price or cost, in minor units (10^12: ten billion in a
-/// two-decimal currency).
-pub const MAX_UNIT_AMOUNT: i64 = 1_000_000_000_000;
+//! Pure interaction logic: exact order arithmetic. No I/O. (The limits on
+//! lines are contract rules shared with the gateway: `crm_runtime::validate::order`.)
 
 /// One line as the arithmetic sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,34 +28,8 @@ impl Totals {
     }
 }
 
-/// Why a line is unacceptable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineError {
-    /// Quantity outside 1..=MAX_QUANTITY.
-    Quantity,
-    /// Price outside 0..=MAX_UNIT_AMOUNT.
-    Price,
-    /// Cost outside 0..=MAX_UNIT_AMOUNT.
-    Cost,
-}
-
-/// Check one line against the limits.
-pub fn check_line(line: &Line) -> Result<(), LineError> {
-    if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-        return Err(LineError::Quantity);
-    }
-    if !(0..=MAX_UNIT_AMOUNT).contains(&line.unit_price) {
-        return Err(LineError::Price);
-    }
-    if !(0..=MAX_UNIT_AMOUNT).contains(&line.unit_cost) {
-        return Err(LineError::Cost);
-    }
-    Ok(())
-}
-
-/// Exact totals of valid lines. Within the limits the sums cannot overflow
-/// (500 × 10^6 × 10^12 = 5·10^20 could): checked arithmetic says so when
-/// they would.
+/// Exact totals, or `None` if they do not fit in 64 bits (within the
+/// contract's limits a sum can still exceed it: 500 × 10^6 × 10^12).
 pub fn totals(lines: &[Line]) -> Option<Totals> {
     let mut t = Totals::default();
     for l in lines {
@@ -72,14 +39,10 @@ pub fn totals(lines: &[Line]) -> Option<Totals> {
     Some(t)
 }
 
-/// Whether `code` looks like an ISO 4217 currency code (three upper-case letters).
-pub fn is_currency_code(code: &str) -> bool {
-    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crm_runtime::validate::{MAX_QUANTITY, MAX_UNIT_AMOUNT};
 
     fn line(quantity: i64, unit_price: i64, unit_cost: i64) -> Line {
         Line { quantity, unit_price, unit_cost }
@@ -96,21 +59,5 @@ mod tests {
     fn overflow_is_detected() {
         let big = line(MAX_QUANTITY, MAX_UNIT_AMOUNT, 0);
         assert!(totals(&vec![big; 10]).is_none());
-    }
-
-    #[test]
-    fn lines_are_checked() {
-        assert_eq!(check_line(&line(0, 1, 1)), Err(LineError::Quantity));
-        assert_eq!(check_line(&line(1, -1, 1)), Err(LineError::Price));
-        assert_eq!(check_line(&line(1, 1, MAX_UNIT_AMOUNT + 1)), Err(LineError::Cost));
-        assert_eq!(check_line(&line(1, 0, 0)), Ok(()));
-    }
-
-    #[test]
-    fn currency_codes() {
-        assert!(is_currency_code("EUR"));
-        assert!(!is_currency_code("eur"));
-        assert!(!is_currency_code("EURO"));
-        assert!(!is_currency_code(""));
     }
 }

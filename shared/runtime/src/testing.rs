@@ -79,10 +79,10 @@ pub async fn wait_until_serving(channel: Channel) {
     let mut client = HealthClient::new(channel);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = client.check(HealthCheckRequest { service: String::new() }).await {
-            if r.into_inner().status == ServingStatus::Serving as i32 {
-                return;
-            }
+        if let Ok(r) = client.check(HealthCheckRequest { service: String::new() }).await
+            && r.into_inner().status == ServingStatus::Serving as i32
+        {
+            return;
         }
         if tokio::time::Instant::now() > deadline {
             panic!("server did not become SERVING");

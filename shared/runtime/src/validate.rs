@@ -26,6 +26,14 @@ pub fn id(v: &mut FieldViolations, field: &str, value: &str) {
     }
 }
 
+/// A required id on its own, as in Get requests: INVALID_ARGUMENT unless
+/// it is a canonical UUID.
+pub fn require_id(field: &str, value: &str) -> Result<(), crate::error::RuntimeError> {
+    let mut v = FieldViolations::new();
+    id(&mut v, field, value);
+    v.finish()
+}
+
 /// An enum value: unknown numbers are invalid; UNSPECIFIED (0) is invalid
 /// when `required`, else `None`.
 pub fn enumeration<T: TryFrom<i32>>(v: &mut FieldViolations, field: &str, raw: i32, required: bool) -> Option<T> {
@@ -106,6 +114,51 @@ pub fn attributes(v: &mut FieldViolations, field: &str, map: &HashMap<String, Tr
     }
 }
 
+/// Most lines in one order.
+pub const MAX_ORDER_LINES: usize = 500;
+/// Largest quantity on one line.
+pub const MAX_QUANTITY: i64 = 1_000_000;
+/// Largest unit price or cost, in minor units (10^12: ten billion in a
+/// two-decimal currency).
+pub const MAX_UNIT_AMOUNT: i64 = 1_000_000_000_000;
+
+/// Whether `code` looks like an ISO 4217 currency code (three upper-case letters).
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// An order's currency and lines (`crm.interaction.v1.OrderLine`), with
+/// field names under `prefix` (e.g. "" or "purchase.").
+pub fn order(
+    v: &mut FieldViolations,
+    prefix: &str,
+    currency_code: &str,
+    lines: &[crm_proto::interaction::v1::OrderLine],
+) {
+    v.require(is_currency_code(currency_code), format!("{prefix}currency_code"), "an ISO 4217 code such as EUR");
+    if lines.is_empty() {
+        v.add(format!("{prefix}lines"), "at least one line");
+    } else if lines.len() > MAX_ORDER_LINES {
+        v.add(format!("{prefix}lines"), format!("at most {MAX_ORDER_LINES} lines"));
+    }
+    for (i, l) in lines.iter().enumerate().take(MAX_ORDER_LINES) {
+        let f = |name: &str| format!("{prefix}lines[{i}].{name}");
+        text(v, &f("sku"), &l.sku, 64, true);
+        text(v, &f("category"), &l.category, 64, false);
+        v.require((1..=MAX_QUANTITY).contains(&l.quantity), f("quantity"), format!("between 1 and {MAX_QUANTITY}"));
+        v.require(
+            (0..=MAX_UNIT_AMOUNT).contains(&l.unit_price_minor),
+            f("unit_price_minor"),
+            format!("between 0 and {MAX_UNIT_AMOUNT}"),
+        );
+        v.require(
+            (0..=MAX_UNIT_AMOUNT).contains(&l.unit_cost_minor),
+            f("unit_cost_minor"),
+            format!("between 0 and {MAX_UNIT_AMOUNT}"),
+        );
+    }
+}
+
 /// A feed position: not negative.
 pub fn sequence(v: &mut FieldViolations, field: &str, value: i64) {
     v.require(value >= 0, field, "must not be negative");
@@ -151,6 +204,46 @@ mod tests {
         m.insert("empty".to_owned(), TraitValue { kind: None });
         attributes(&mut v, "attributes", &m);
         assert_eq!(v.violations().len(), 3);
+    }
+
+    #[test]
+    fn orders_name_each_bad_line_field() {
+        use crm_proto::interaction::v1::OrderLine;
+        let good =
+            OrderLine { sku: "A".into(), quantity: 1, unit_price_minor: 1, unit_cost_minor: 0, ..Default::default() };
+        let mut v = FieldViolations::new();
+        order(&mut v, "", "EUR", std::slice::from_ref(&good));
+        assert!(v.is_empty());
+        let bad = OrderLine {
+            sku: String::new(),
+            quantity: 0,
+            unit_price_minor: -1,
+            unit_cost_minor: MAX_UNIT_AMOUNT + 1,
+            ..good
+        };
+        order(&mut v, "purchase.", "eur", &[bad]);
+        let fields: Vec<&str> = v.violations().iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "purchase.currency_code",
+                "purchase.lines[0].sku",
+                "purchase.lines[0].quantity",
+                "purchase.lines[0].unit_price_minor",
+                "purchase.lines[0].unit_cost_minor"
+            ]
+        );
+        let mut v = FieldViolations::new();
+        order(&mut v, "", "EUR", &[]);
+        assert_eq!(v.violations()[0].0, "lines");
+    }
+
+    #[test]
+    fn currency_codes() {
+        assert!(is_currency_code("EUR"));
+        assert!(!is_currency_code("eur"));
+        assert!(!is_currency_code("EURO"));
+        assert!(!is_currency_code(""));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The event log, feed and consumer against a real store (SQLite, or
 //! PostgreSQL when `CRM_TEST_DATABASE_URL` is set).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     sync::{Arc, Mutex},

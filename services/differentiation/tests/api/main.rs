@@ -1,5 +1,6 @@
 //! Black-box tests of differentiation over gRPC, following a real
 //! interaction server's feed, on SQLite or PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

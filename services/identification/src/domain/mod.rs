@@ -38,19 +38,21 @@ pub fn apply_attributes(profile: &mut Profile, attrs: &ProfileAttributes) -> Vec
             changed.push("name");
         }
     }
-    if let Some(date) = &attrs.birth_date {
-        if date.year != 0 && profile.birth_date.as_ref() != Some(date) {
-            profile.birth_date = Some(*date);
-            changed.push("birth_date");
-        }
+    if let Some(date) = &attrs.birth_date
+        && date.year != 0
+        && profile.birth_date.as_ref() != Some(date)
+    {
+        profile.birth_date = Some(*date);
+        changed.push("birth_date");
     }
-    if let Some(address) = &attrs.address {
-        if *address != Default::default() && profile.addresses.first() != Some(address) {
-            profile.addresses.retain(|a| a != address);
-            profile.addresses.insert(0, address.clone());
-            profile.addresses.truncate(MAX_ADDRESSES);
-            changed.push("addresses");
-        }
+    if let Some(address) = &attrs.address
+        && *address != Default::default()
+        && profile.addresses.first() != Some(address)
+    {
+        profile.addresses.retain(|a| a != address);
+        profile.addresses.insert(0, address.clone());
+        profile.addresses.truncate(MAX_ADDRESSES);
+        changed.push("addresses");
     }
     if !attrs.locale.is_empty() && attrs.locale != profile.locale {
         profile.locale.clone_from(&attrs.locale);
@@ -72,7 +74,7 @@ pub fn apply_attributes(profile: &mut Profile, attrs: &ProfileAttributes) -> Vec
 /// Of the profiles the identifiers matched, the one the strongest
 /// identifier points to (ties: the first given). `matches` pairs each
 /// matched identifier with its profile id.
-pub fn choose_profile<'a>(matches: &'a [(Normalized, String)]) -> Option<&'a (Normalized, String)> {
+pub fn choose_profile(matches: &[(Normalized, String)]) -> Option<&(Normalized, String)> {
     let mut best: Option<&(Normalized, String)> = None;
     for m in matches {
         if best.is_none_or(|b| normalize::priority(m.0.kind) > normalize::priority(b.0.kind)) {

@@ -69,13 +69,12 @@ pub fn normalize(kind: IdentifierType, namespace: &str, value: &str, region: &st
     }
     let needs_namespace = matches!(kind, IdentifierType::ExternalId | IdentifierType::SocialHandle);
     let namespace = namespace.trim().to_ascii_lowercase();
-    if needs_namespace {
-        if namespace.is_empty()
+    if needs_namespace
+        && (namespace.is_empty()
             || namespace.len() > 64
-            || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        {
-            return Err(Rejection::Invalid("namespace of 1..64 of a-z 0-9 _ . - is required for this type"));
-        }
+            || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
+    {
+        return Err(Rejection::Invalid("namespace of 1..64 of a-z 0-9 _ . - is required for this type"));
     }
     let namespace = if needs_namespace { namespace } else { String::new() };
     // Placeholders are junk whatever the type's syntax says of them.

@@ -1,5 +1,6 @@
 //! Black-box tests of identification over gRPC on an ephemeral port with a
 //! real store (SQLite, or PostgreSQL when `CRM_TEST_DATABASE_URL` is set).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crm_proto::{
     common::v1::{Channel, Date},
