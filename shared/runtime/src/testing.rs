@@ -23,8 +23,8 @@ pub struct TestServer {
     pub shutdown: Shutdown,
     /// Its settings.
     pub settings: Settings,
-    /// Its store.
-    pub db: TestDb,
+    db: Option<TestDb>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
 }
 
 impl TestServer {
@@ -49,9 +49,33 @@ impl TestServer {
     {
         let shutdown = Shutdown::new();
         let running = start(settings.clone(), shutdown.clone()).await.unwrap_or_else(|e| panic!("start: {e}"));
-        let server = TestServer { addr: running.local_addr, shutdown, settings, db };
+        let server =
+            TestServer { addr: running.local_addr, shutdown, settings, db: Some(db), task: Some(running.task) };
         wait_until_serving(server.channel()).await;
         server
+    }
+
+    /// Shut it down and wait until it has stopped. Returns its settings,
+    /// bound to the port it had, and its database, to start it again.
+    pub async fn stop(mut self) -> (Settings, TestDb) {
+        self.shutdown.trigger();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let mut settings = self.settings.clone();
+        settings.listen = self.addr;
+        match self.db.take() {
+            Some(db) => (settings, db),
+            None => unreachable!("a running test server always has its database"),
+        }
+    }
+
+    /// Its database.
+    pub fn db(&self) -> &TestDb {
+        match &self.db {
+            Some(db) => db,
+            None => unreachable!("a running test server always has its database"),
+        }
     }
 
     /// `http://addr`, for clients and peers.
