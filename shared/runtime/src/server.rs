@@ -147,7 +147,11 @@ where
         let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crm_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health");
+            // google.rpc error details, so clients can decode field violations.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
         for name in &spec.grpc_names {
             b = b.with_service_name(*name);
         }
