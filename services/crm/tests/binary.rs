@@ -116,7 +116,11 @@ async fn up_serves_the_suite_and_stops_on_sigterm() {
         wait_serving(port).await;
         for listed in [list_services_v1(port).await, list_services_v1alpha(port).await] {
             assert!(listed.contains(&service.to_owned()), "{service} listed on {port}: {listed:?}");
-            for expected in ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"] {
+            for expected in [
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ] {
                 assert!(listed.contains(&expected.to_owned()), "{expected} listed on {port}: {listed:?}");
             }
             assert_eq!(listed.iter().filter(|s| s.starts_with("crm.")).count(), 1, "only its own service on {port}");
