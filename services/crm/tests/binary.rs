@@ -56,38 +56,26 @@ async fn wait_serving(port: u16) {
     }
 }
 
-async fn list_services_v1(port: u16) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut client = ServerReflectionClient::new(channel(port).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
-    match stream.next().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
-
-async fn list_services_v1alpha(port: u16) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut client = ServerReflectionClient::new(channel(port).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
-    match stream.next().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+/// The services a server lists over one version of reflection.
+macro_rules! list_services {
+    ($version:ident, $port:expr) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut client = ServerReflectionClient::new(channel($port).await);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+        match stream.next().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect::<Vec<String>>()
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }};
 }
 
 #[tokio::test]
@@ -114,7 +102,7 @@ async fn up_serves_the_suite_and_stops_on_sigterm() {
     for (offset, service) in expected {
         let port = base + offset;
         wait_serving(port).await;
-        for listed in [list_services_v1(port).await, list_services_v1alpha(port).await] {
+        for listed in [list_services!(v1, port), list_services!(v1alpha, port)] {
             assert!(listed.contains(&service.to_owned()), "{service} listed on {port}: {listed:?}");
             for expected in [
                 "grpc.health.v1.Health",

@@ -1,11 +1,13 @@
 //! The gRPC surface of identification: convert → store → convert back.
 //! RPCs of later milestones answer UNIMPLEMENTED (generated defaults).
 
-use std::pin::Pin;
-
 use crm_proto::identification::v1::{self as pb, identification_service_server::IdentificationService};
-use crm_runtime::{db::Store, error::FieldViolations, feed, server::Shutdown, validate};
-use futures::{Stream, StreamExt};
+use crm_runtime::{
+    db::Store,
+    feed::{self, ResponseStream},
+    server::Shutdown,
+    validate,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{conversions::ResolveCommand, store};
@@ -25,8 +27,6 @@ impl IdentificationApi {
         IdentificationApi { store, shutdown, default_region }
     }
 }
-
-type FeedStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl IdentificationService for IdentificationApi {
@@ -53,13 +53,15 @@ impl IdentificationService for IdentificationApi {
         Ok(Response::new(pb::GetProfileResponse { profile: Some(profile) }))
     }
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<FeedStream>, Status> {
-        let after = request.into_inner().after_sequence;
-        let mut v = FieldViolations::new();
-        validate::sequence(&mut v, "after_sequence", after);
-        v.finish()?;
-        let stream = feed::subscribe::<pb::ProfileEvent>(self.store.clone(), after, self.shutdown.clone())
-            .map(|r| r.map(|event| pb::SubscribeResponse { event: Some(event) }));
-        Ok(Response::new(Box::pin(stream)))
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<ResponseStream<pb::SubscribeResponse>>, Status> {
+        feed::subscribe_response::<pb::ProfileEvent, _>(
+            self.store.clone(),
+            self.shutdown.clone(),
+            request.into_inner().after_sequence,
+            |event| pb::SubscribeResponse { event: Some(event) },
+        )
     }
 }

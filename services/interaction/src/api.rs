@@ -1,11 +1,13 @@
 //! The gRPC surface of interaction: convert → store → convert back.
 //! RPCs of later milestones answer UNIMPLEMENTED (generated defaults).
 
-use std::pin::Pin;
-
 use crm_proto::interaction::v1::{self as pb, interaction_service_server::InteractionService};
-use crm_runtime::{db::Store, error::FieldViolations, feed, server::Shutdown, validate};
-use futures::{Stream, StreamExt};
+use crm_runtime::{
+    db::Store,
+    feed::{self, ResponseStream},
+    server::Shutdown,
+    validate,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -26,8 +28,6 @@ impl InteractionApi {
         InteractionApi { store, shutdown }
     }
 }
-
-type FeedStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl InteractionService for InteractionApi {
@@ -77,13 +77,15 @@ impl InteractionService for InteractionApi {
         Ok(Response::new(pb::GetOrderResponse { order: Some(order), returns: vec![] }))
     }
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<FeedStream>, Status> {
-        let after = request.into_inner().after_sequence;
-        let mut v = FieldViolations::new();
-        validate::sequence(&mut v, "after_sequence", after);
-        v.finish()?;
-        let stream = feed::subscribe::<pb::InteractionEvent>(self.store.clone(), after, self.shutdown.clone())
-            .map(|r| r.map(|event| pb::SubscribeResponse { event: Some(event) }));
-        Ok(Response::new(Box::pin(stream)))
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<ResponseStream<pb::SubscribeResponse>>, Status> {
+        feed::subscribe_response::<pb::InteractionEvent, _>(
+            self.store.clone(),
+            self.shutdown.clone(),
+            request.into_inner().after_sequence,
+            |event| pb::SubscribeResponse { event: Some(event) },
+        )
     }
 }

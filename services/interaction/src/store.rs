@@ -2,12 +2,13 @@
 //! transactions of every RPC. Each row keeps its indexed columns beside the
 //! full record (`body`, the encoded message).
 
+use chrono::{DateTime, Utc};
 use crm_proto::{
     common::v1::Money,
     interaction::v1::{self as pb, InteractionEvent, interaction_event::Kind},
 };
 use crm_runtime::{
-    db::Store,
+    db::{Store, WriteTxn},
     error::RuntimeError,
     idempotency::{self, Claim},
     ids::new_id,
@@ -120,6 +121,32 @@ fn interaction_row(i: &pb::Interaction, occurred_at_us: i64) -> interactions::Ac
     }
 }
 
+/// Append the event that records `interaction` (made by `kind` from the
+/// interaction with its sequence set) and store the interaction's row, in
+/// `tx`. Returns the sequence.
+async fn append_interaction(
+    tx: &mut WriteTxn,
+    interaction: &mut pb::Interaction,
+    recorded: DateTime<Utc>,
+    occurred_at_us: i64,
+    kind: impl FnOnce(pb::Interaction) -> Kind,
+) -> Result<i64, RuntimeError> {
+    let customer_id = interaction.customer_id.clone();
+    let (sequence, _) = tx
+        .append_with(&customer_id, |seq| {
+            interaction.sequence = seq;
+            InteractionEvent {
+                sequence: seq,
+                occur_time: Some(to_timestamp(recorded)),
+                customer_id: customer_id.clone(),
+                kind: Some(kind(interaction.clone())),
+            }
+        })
+        .await?;
+    interactions::Entity::insert(interaction_row(interaction, occurred_at_us)).exec_without_returning(&**tx).await?;
+    Ok(sequence)
+}
+
 /// Record one interaction, idempotently; returns it with its sequence.
 pub async fn record_interaction(
     store: &Store,
@@ -146,22 +173,10 @@ pub async fn record_interaction(
         order_id: String::new(),
         sequence: 0,
     };
-    let (sequence, _) = tx
-        .append_with(&cmd.customer_id, |seq| {
-            interaction.sequence = seq;
-            InteractionEvent {
-                sequence: seq,
-                occur_time: Some(to_timestamp(recorded)),
-                customer_id: cmd.customer_id.clone(),
-                kind: Some(Kind::InteractionRecorded(pb::InteractionRecorded {
-                    interaction: Some(interaction.clone()),
-                })),
-            }
-        })
-        .await?;
-    interactions::Entity::insert(interaction_row(&interaction, cmd.occurred_at.timestamp_micros()))
-        .exec_without_returning(&*tx)
-        .await?;
+    let sequence = append_interaction(&mut tx, &mut interaction, recorded, cmd.occurred_at.timestamp_micros(), |i| {
+        Kind::InteractionRecorded(pb::InteractionRecorded { interaction: Some(i) })
+    })
+    .await?;
     let response = pb::RecordInteractionResponse { interaction: Some(interaction), sequence };
     idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
     tx.commit().await?;
@@ -208,20 +223,10 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
         order_id: order.id.clone(),
         sequence: 0,
     };
-    let (sequence, _) = tx
-        .append_with(&cmd.customer_id, |seq| {
-            interaction.sequence = seq;
-            InteractionEvent {
-                sequence: seq,
-                occur_time: Some(to_timestamp(recorded)),
-                customer_id: cmd.customer_id.clone(),
-                kind: Some(Kind::PurchaseRecorded(pb::PurchaseRecorded {
-                    order: Some(order.clone()),
-                    interaction: Some(interaction.clone()),
-                })),
-            }
-        })
-        .await?;
+    let sequence = append_interaction(&mut tx, &mut interaction, recorded, occurred_at_us, |i| {
+        Kind::PurchaseRecorded(pb::PurchaseRecorded { order: Some(order.clone()), interaction: Some(i) })
+    })
+    .await?;
     orders::Entity::insert(orders::ActiveModel {
         id: Set(order.id.clone()),
         customer_id: Set(order.customer_id.clone()),
@@ -244,7 +249,6 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
         unit_cost_minor: Set(l.unit_cost_minor),
     });
     order_lines::Entity::insert_many(lines).exec_without_returning(&*tx).await?;
-    interactions::Entity::insert(interaction_row(&interaction, occurred_at_us)).exec_without_returning(&*tx).await?;
     let response = pb::RecordPurchaseResponse { order: Some(order), interaction: Some(interaction), sequence };
     idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
     tx.commit().await?;

@@ -1,14 +1,32 @@
 //! The feed: `Subscribe(after_sequence)` replays the event log from a
 //! position, then tails it live, in order, with nothing skipped.
 
-use std::time::Duration;
+use std::{pin::Pin, time::Duration};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
+use tonic::{Response, Status};
 
-use crate::{db::Store, eventlog, server::Shutdown};
+use crate::{db::Store, error::FieldViolations, eventlog, server::Shutdown, validate};
+
+/// The stream type generated `Subscribe` handlers return.
+pub type ResponseStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
+
+/// The whole of a `Subscribe` handler: check `after`, then stream the
+/// events after it, each wrapped in the RPC's response by `wrap`.
+pub fn subscribe_response<E: FeedEvent, R: Send + 'static>(
+    store: Store,
+    shutdown: Shutdown,
+    after: i64,
+    wrap: fn(E) -> R,
+) -> Result<Response<ResponseStream<R>>, Status> {
+    let mut v = FieldViolations::new();
+    validate::sequence(&mut v, "after_sequence", after);
+    v.finish()?;
+    let stream = subscribe::<E>(store, after, shutdown).map(move |r| r.map(wrap));
+    Ok(Response::new(Box::pin(stream)))
+}
 
 /// An event type carried by a feed: a protobuf message with a sequence.
 pub trait FeedEvent: prost::Message + Default + Send + Sync + 'static {
