@@ -2,6 +2,7 @@
 //! how a touchpoint's attributes update a profile, and which profile a set
 //! of matches points to. No I/O.
 
+pub mod matching;
 pub mod normalize;
 
 use crm_proto::identification::v1::{IdentifierType, Profile, ProfileAttributes};
