@@ -4,13 +4,20 @@
 use crm_proto::identification::v1::{self as pb, identification_service_server::IdentificationService};
 use crm_runtime::{
     db::Store,
+    error::FieldViolations,
     feed::{self, ResponseStream},
+    idempotency::{check_request_id, fingerprint},
+    page,
     server::Shutdown,
     validate,
 };
+use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::{conversions::ResolveCommand, store};
+use crate::{
+    conversions::{IdentifiersCommand, ProfileQuery, ResolveCommand, UpdateCommand},
+    store,
+};
 
 /// The identification service.
 #[derive(Clone, Debug)]
@@ -51,6 +58,93 @@ impl IdentificationService for IdentificationApi {
         validate::require_id("profile_id", &id)?;
         let profile = store::get_profile(&self.store, &id).await?;
         Ok(Response::new(pb::GetProfileResponse { profile: Some(profile) }))
+    }
+
+    async fn list_profiles(
+        &self,
+        request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        let query = ProfileQuery::try_from(request.into_inner())?;
+        let (profiles, next_page_token) = store::list_profiles(&self.store, &query).await?;
+        Ok(Response::new(pb::ListProfilesResponse { profiles, next_page_token }))
+    }
+
+    #[tracing::instrument(skip_all, fields(profile_id))]
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        let cmd = UpdateCommand::try_from(request.into_inner())?;
+        tracing::Span::current().record("profile_id", cmd.profile.id.as_str());
+        Ok(Response::new(store::update_profile(&self.store, &cmd).await?))
+    }
+
+    async fn list_profile_changes(
+        &self,
+        request: Request<pb::ListProfileChangesRequest>,
+    ) -> Result<Response<pb::ListProfileChangesResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "profile_id", &req.profile_id);
+        let page_size = page::page_size(&mut v, req.page_size);
+        let after = match page::decode_token(&mut v, &req.page_token) {
+            Some(t) => t.parse::<i64>().unwrap_or_else(|_| {
+                v.add("page_token", "not a token returned by this service");
+                0
+            }),
+            None => 0,
+        };
+        v.finish()?;
+        let (changes, next_page_token) = store::list_changes(&self.store, &req.profile_id, page_size, after).await?;
+        Ok(Response::new(pb::ListProfileChangesResponse { changes, next_page_token }))
+    }
+
+    #[tracing::instrument(skip_all, fields(profile_id))]
+    async fn add_identifiers(
+        &self,
+        request: Request<pb::AddIdentifiersRequest>,
+    ) -> Result<Response<pb::AddIdentifiersResponse>, Status> {
+        let req = request.into_inner();
+        let fp = fingerprint(&req.encode_to_vec());
+        let cmd = IdentifiersCommand::new(req.profile_id, &req.identifiers, req.request_id, fp, &self.default_region)?;
+        tracing::Span::current().record("profile_id", cmd.profile_id.as_str());
+        Ok(Response::new(store::add_identifiers(&self.store, &cmd).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(profile_id))]
+    async fn remove_identifiers(
+        &self,
+        request: Request<pb::RemoveIdentifiersRequest>,
+    ) -> Result<Response<pb::RemoveIdentifiersResponse>, Status> {
+        let req = request.into_inner();
+        let fp = fingerprint(&req.encode_to_vec());
+        let cmd = IdentifiersCommand::new(req.profile_id, &req.identifiers, req.request_id, fp, &self.default_region)?;
+        tracing::Span::current().record("profile_id", cmd.profile_id.as_str());
+        Ok(Response::new(store::remove_identifiers(&self.store, &cmd).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(profile_id))]
+    async fn erase_profile(
+        &self,
+        request: Request<pb::EraseProfileRequest>,
+    ) -> Result<Response<pb::EraseProfileResponse>, Status> {
+        let req = request.into_inner();
+        let fp = fingerprint(&req.encode_to_vec());
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "profile_id", &req.profile_id);
+        check_request_id(&mut v, &req.request_id);
+        v.finish()?;
+        tracing::Span::current().record("profile_id", req.profile_id.as_str());
+        Ok(Response::new(store::erase_profile(&self.store, &req.profile_id, &req.request_id, fp).await?))
+    }
+
+    async fn export_profile(
+        &self,
+        request: Request<pb::ExportProfileRequest>,
+    ) -> Result<Response<pb::ExportProfileResponse>, Status> {
+        let id = request.into_inner().profile_id;
+        validate::require_id("profile_id", &id)?;
+        Ok(Response::new(store::export_profile(&self.store, &id).await?))
     }
 
     async fn subscribe(

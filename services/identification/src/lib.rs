@@ -7,6 +7,7 @@
 pub mod api;
 pub mod conversions;
 pub mod domain;
+pub mod export;
 pub mod migration;
 pub mod store;
 

@@ -7,7 +7,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(crm_runtime::migration::RuntimeTables), Box::new(ProfileTables)]
+        vec![Box::new(crm_runtime::migration::RuntimeTables), Box::new(ProfileTables), Box::new(ProfileSearchAndStatus)]
     }
 }
 
@@ -76,6 +76,46 @@ impl MigrationTrait for ProfileTables {
         for t in ["identifiers", "profiles"] {
             manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
+        Ok(())
+    }
+}
+
+/// Trait keys for filtering, and the profile a merged-away profile lives on in.
+pub struct ProfileSearchAndStatus;
+
+impl MigrationName for ProfileSearchAndStatus {
+    fn name(&self) -> &str {
+        "m20261122_000002_profile_search_and_status"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ProfileSearchAndStatus {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one column at a time.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("profiles")
+                    .add_column(ColumnDef::new("trait_keys").string().not_null().default(""))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter().table("profiles").add_column(ColumnDef::new("merged_into").string().null()).to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(Index::create().name("profiles_updated").table("profiles").col("updated_at_us").to_owned())
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.drop_index(Index::drop().name("profiles_updated").table("profiles").to_owned()).await?;
+        manager.alter_table(Table::alter().table("profiles").drop_column("merged_into").to_owned()).await?;
+        manager.alter_table(Table::alter().table("profiles").drop_column("trait_keys").to_owned()).await?;
         Ok(())
     }
 }

@@ -7,17 +7,20 @@ use crm_proto::identification::v1::{self as pb, MatchExplanation, MatchMethod, P
 use crm_runtime::{
     db::{Store, WriteTxn},
     error::RuntimeError,
+    eventlog,
     idempotency::{self, Claim},
     ids::new_id,
+    page,
     time::{now, to_timestamp},
 };
 use prost::Message;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::Expr,
 };
 
 use crate::{
-    conversions::ResolveCommand,
+    conversions::{IdentifiersCommand, ProfileQuery, ResolveCommand, UpdateCommand},
     domain::{self, Normalized},
 };
 
@@ -38,6 +41,8 @@ pub mod profiles {
         pub updated_at_us: i64,
         pub version: i64,
         pub body: Vec<u8>,
+        pub trait_keys: String,
+        pub merged_into: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -73,9 +78,25 @@ pub mod identifiers {
 }
 
 /// Profile status codes.
-mod status {
+pub mod status {
     /// Live.
     pub const ACTIVE: i32 = 1;
+    /// Merged into another profile (`merged_into`); its id is an alias.
+    pub const MERGED: i32 = 2;
+    /// Personal data erased; a tombstone remains.
+    pub const ERASED: i32 = 3;
+}
+
+/// The `trait_keys` column: every key between bars, for exact-key filters.
+fn trait_keys(p: &pb::Profile) -> String {
+    let mut keys: Vec<&String> = p.traits.keys().collect();
+    keys.sort();
+    let mut s = String::from("|");
+    for k in keys {
+        s.push_str(k);
+        s.push('|');
+    }
+    s
 }
 
 fn to_pb_identifier(n: &Normalized) -> pb::Identifier {
@@ -94,32 +115,57 @@ fn id_condition(n: &Normalized) -> Condition {
         .add(C::Value.eq(n.value.as_str()))
 }
 
+fn decode_profile(row: &profiles::Model) -> Result<pb::Profile, RuntimeError> {
+    pb::Profile::decode(row.body.as_slice())
+        .map_err(|e| RuntimeError::Internal(format!("stored profile undecodable: {e}")))
+}
+
+fn identifier_from_row(r: identifiers::Model) -> pb::ProfileIdentifier {
+    pb::ProfileIdentifier {
+        identifier: Some(pb::Identifier { r#type: r.kind, value: r.value, namespace: r.namespace }),
+        create_time: micros_to_timestamp(r.created_at_us),
+        last_seen_time: micros_to_timestamp(r.last_seen_at_us),
+        source_channel: r.source_channel,
+    }
+}
+
 /// A profile with its identifiers, as the API shows it.
 async fn load_profile<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<pb::Profile>, RuntimeError> {
     let Some(row) = profiles::Entity::find_by_id(id.to_owned()).one(c).await? else {
         return Ok(None);
     };
-    let mut profile = pb::Profile::decode(row.body.as_slice())
-        .map_err(|e| RuntimeError::Internal(format!("stored profile undecodable: {e}")))?;
+    let mut profile = decode_profile(&row)?;
     profile.identifiers = identifiers::Entity::find()
         .filter(identifiers::Column::ProfileId.eq(id))
         .order_by_asc(identifiers::Column::CreatedAtUs)
         .all(c)
         .await?
         .into_iter()
-        .map(|r| pb::ProfileIdentifier {
-            identifier: Some(pb::Identifier { r#type: r.kind, value: r.value, namespace: r.namespace }),
-            create_time: micros_to_timestamp(r.created_at_us),
-            last_seen_time: micros_to_timestamp(r.last_seen_at_us),
-            source_channel: r.source_channel,
-        })
+        .map(identifier_from_row)
         .collect();
     Ok(Some(profile))
 }
 
+/// The live profile an id names: itself, or the survivor it was merged
+/// into (ids are stable). Erased or unknown ids are NOT_FOUND.
+async fn live_row<C: ConnectionTrait>(c: &C, id: &str) -> Result<profiles::Model, RuntimeError> {
+    let not_found = || RuntimeError::NotFound { resource: "profile", id: id.to_owned() };
+    let mut current = id.to_owned();
+    for _ in 0..32 {
+        let row = profiles::Entity::find_by_id(current.clone()).one(c).await?.ok_or_else(not_found)?;
+        match (row.status, &row.merged_into) {
+            (status::ACTIVE, _) => return Ok(row),
+            (status::MERGED, Some(next)) => current = next.clone(),
+            _ => return Err(not_found()),
+        }
+    }
+    Err(RuntimeError::Internal(format!("alias chain of {id} too long")))
+}
+
 /// A profile by id, or NOT_FOUND.
 pub async fn get_profile(store: &Store, id: &str) -> Result<pb::Profile, RuntimeError> {
-    load_profile(store.conn(), id)
+    let row = live_row(store.conn(), id).await?;
+    load_profile(store.conn(), &row.id)
         .await?
         .ok_or_else(|| RuntimeError::NotFound { resource: "profile", id: id.to_owned() })
 }
@@ -166,9 +212,22 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
         .collect();
     let unowned: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| !matches.iter().any(|(m, _)| m == *n)).collect();
 
+    // The strongest match decides, unless the touchpoint carries a
+    // single-valued identifier (a customer number) that contradicts the
+    // profile's: then it is another person.
+    let chosen = match domain::choose_profile(&matches) {
+        Some((matched, profile_id)) => {
+            let held = held_identifiers(&*tx, profile_id).await?;
+            let contradicted = unowned.iter().any(|n| domain::profile::contradicts(&held, n));
+            (!contradicted).then(|| (matched.clone(), profile_id.clone(), held))
+        }
+        None => None,
+    };
+
     let mut sequence = 0;
-    let response = match domain::choose_profile(&matches) {
+    let response = match chosen {
         None => {
+            let (unowned, _) = domain::profile::within_limits(&[], &unowned);
             let mut profile = pb::Profile {
                 id: new_id(),
                 party_type: pb::PartyType::Person as i32,
@@ -193,6 +252,8 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                 updated_at_us: Set(at_us),
                 version: Set(1),
                 body: Set(profile.encode_to_vec()),
+                trait_keys: Set(trait_keys(&profile)),
+                merged_into: Set(None),
             })
             .exec_without_returning(&*tx)
             .await?;
@@ -219,14 +280,14 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                 sequence,
             }
         }
-        Some((matched, profile_id)) => {
-            let profile_id = profile_id.clone();
+        Some((matched, profile_id, held)) => {
+            // Beyond a type's limit, new identifiers are not attached.
+            let (unowned, _) = domain::profile::within_limits(&held, &unowned);
             let row = profiles::Entity::find_by_id(profile_id.clone())
                 .one(&*tx)
                 .await?
                 .ok_or_else(|| RuntimeError::Internal("identifier without profile".into()))?;
-            let mut profile = pb::Profile::decode(row.body.as_slice())
-                .map_err(|e| RuntimeError::Internal(format!("stored profile undecodable: {e}")))?;
+            let mut profile = decode_profile(&row)?;
             let changed = domain::apply_attributes(&mut profile, &cmd.attributes);
             // Seen again: every identifier of this profile used here.
             for (n, _) in matches.iter().filter(|(_, p)| *p == profile_id) {
@@ -237,36 +298,10 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                     .await?;
             }
             insert_identifiers(&tx, &profile_id, &unowned, cmd.channel as i32, at_us).await?;
+            let mut full = None;
             if !changed.is_empty() {
-                let version = row.version + 1;
-                profile.update_time = Some(to_timestamp(at));
-                profile.etag = version.to_string();
-                profiles::Entity::update_many()
-                    .col_expr(profiles::Column::Version, Expr::value(version))
-                    .col_expr(profiles::Column::UpdatedAtUs, Expr::value(at_us))
-                    .col_expr(profiles::Column::Body, Expr::value(profile.encode_to_vec()))
-                    .filter(profiles::Column::Id.eq(profile_id.as_str()))
-                    .exec(&*tx)
-                    .await?;
-            }
-            let full = load_profile(&*tx, &profile_id)
-                .await?
-                .ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?;
-            if !changed.is_empty() {
-                let fields: Vec<String> = changed.iter().map(|s| (*s).to_owned()).collect();
-                let (seq, _) = tx
-                    .append_with(&profile_id, |s| {
-                        event(
-                            s,
-                            at,
-                            &profile_id,
-                            Kind::ProfileUpdated(pb::ProfileUpdated {
-                                profile: Some(full.clone()),
-                                changed_fields: fields,
-                            }),
-                        )
-                    })
-                    .await?;
+                let (updated, seq) = save_update(&mut tx, &row, profile, changed, at).await?;
+                full = Some(updated);
                 sequence = seq;
             }
             if !unowned.is_empty() {
@@ -283,12 +318,18 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                     .await?;
                 sequence = seq;
             }
+            let full = match full {
+                Some(f) => f,
+                None => load_profile(&*tx, &profile_id)
+                    .await?
+                    .ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?,
+            };
             pb::ResolveIdentityResponse {
                 profile: Some(full),
                 created: false,
                 explanation: Some(MatchExplanation {
                     method: MatchMethod::Deterministic as i32,
-                    matched_identifier: Some(to_pb_identifier(matched)),
+                    matched_identifier: Some(to_pb_identifier(&matched)),
                     ..Default::default()
                 }),
                 confidence: 1.0,
@@ -296,7 +337,8 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
             }
         }
     };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    let subject = response.profile.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &subject, &response).await?;
     tx.commit().await?;
     Ok(response)
 }
@@ -326,4 +368,355 @@ async fn insert_identifiers(
     });
     identifiers::Entity::insert_many(rows).exec_without_returning(&**tx).await?;
     Ok(())
+}
+
+/// A page of live profiles, oldest first, and the next page's token.
+pub async fn list_profiles(store: &Store, q: &ProfileQuery) -> Result<(Vec<pb::Profile>, String), RuntimeError> {
+    use profiles::Column as C;
+    let mut find = profiles::Entity::find().filter(C::Status.eq(status::ACTIVE));
+    if let Some(stage) = q.lifecycle_stage {
+        find = find.filter(C::LifecycleStage.eq(stage as i32));
+    }
+    if let Some(group) = &q.target_group {
+        find = find.filter(C::TargetGroup.eq(group.as_str()));
+    }
+    if let Some(since) = q.updated_since_us {
+        find = find.filter(C::UpdatedAtUs.gte(since));
+    }
+    if let Some(key) = &q.trait_key {
+        // Keys are validated to [A-Za-z0-9_.:-]: no LIKE wildcards inside.
+        find = find.filter(C::TraitKeys.like(format!("%|{key}|%")));
+    }
+    if let Some(after) = &q.after_id {
+        find = find.filter(C::Id.gt(after.as_str()));
+    }
+    let mut rows = find.order_by_asc(C::Id).limit(q.page_size + 1).all(store.conn()).await?;
+    let more = rows.len() as u64 > q.page_size;
+    rows.truncate(q.page_size as usize);
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => page::encode_token(&last.id),
+        _ => String::new(),
+    };
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut held = identifiers::Entity::find()
+        .filter(identifiers::Column::ProfileId.is_in(ids))
+        .order_by_asc(identifiers::Column::CreatedAtUs)
+        .all(store.conn())
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut p = decode_profile(row)?;
+        let (mine, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(|i| i.profile_id == row.id);
+        held = rest;
+        p.identifiers = mine.into_iter().map(identifier_from_row).collect();
+        out.push(p);
+    }
+    Ok((out, next))
+}
+
+/// Save a profile's new body, bump its version, and append the update
+/// event; returns the profile as the API shows it and the sequence.
+async fn save_update(
+    tx: &mut WriteTxn,
+    row: &profiles::Model,
+    mut profile: pb::Profile,
+    changed: Vec<&'static str>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(pb::Profile, i64), RuntimeError> {
+    let version = row.version + 1;
+    profile.update_time = Some(to_timestamp(at));
+    profile.etag = version.to_string();
+    profiles::Entity::update_many()
+        .col_expr(profiles::Column::Version, Expr::value(version))
+        .col_expr(profiles::Column::UpdatedAtUs, Expr::value(at.timestamp_micros()))
+        .col_expr(profiles::Column::LifecycleStage, Expr::value(profile.lifecycle_stage))
+        .col_expr(
+            profiles::Column::TargetGroup,
+            Expr::value(profile.acquisition.as_ref().map(|a| a.target_group.clone()).unwrap_or_default()),
+        )
+        .col_expr(profiles::Column::TraitKeys, Expr::value(trait_keys(&profile)))
+        .col_expr(profiles::Column::Body, Expr::value(profile.encode_to_vec()))
+        .filter(profiles::Column::Id.eq(row.id.as_str()))
+        .exec(&**tx)
+        .await?;
+    let full = load_profile(&**tx, &row.id).await?.ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?;
+    let fields: Vec<String> = changed.iter().map(|s| (*s).to_owned()).collect();
+    let (seq, _) = tx
+        .append_with(&row.id, |s| {
+            event(
+                s,
+                at,
+                &row.id,
+                Kind::ProfileUpdated(pb::ProfileUpdated { profile: Some(full.clone()), changed_fields: fields }),
+            )
+        })
+        .await?;
+    Ok((full, seq))
+}
+
+/// Update the fields an update mask names, if the etag (when given) matches.
+pub async fn update_profile(store: &Store, cmd: &UpdateCommand) -> Result<pb::UpdateProfileResponse, RuntimeError> {
+    const SCOPE: &str = "UpdateProfile";
+    let mut tx = store.begin_write().await?;
+    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
+        tx.rollback().await?;
+        return Ok(r);
+    }
+    let row = live_row(&*tx, &cmd.profile.id).await?;
+    if row.id != cmd.profile.id {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "profile {} was merged into {}; update the survivor",
+            cmd.profile.id, row.id
+        )));
+    }
+    if !cmd.profile.etag.is_empty() && cmd.profile.etag != row.version.to_string() {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "etag {} does not match the current {}; read the profile again",
+            cmd.profile.etag, row.version
+        )));
+    }
+    let mut profile = decode_profile(&row)?;
+    let changed = domain::profile::apply_mask(&mut profile, &cmd.profile, &cmd.paths);
+    let response = if changed.is_empty() {
+        let full =
+            load_profile(&*tx, &row.id).await?.ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?;
+        pb::UpdateProfileResponse { profile: Some(full), sequence: 0 }
+    } else {
+        let (full, sequence) = save_update(&mut tx, &row, profile, changed, now()).await?;
+        pb::UpdateProfileResponse { profile: Some(full), sequence }
+    };
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &row.id, &response).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// A page of a profile's history, oldest first (from its feed events).
+pub async fn list_changes(
+    store: &Store,
+    id: &str,
+    page_size: u64,
+    after: i64,
+) -> Result<(Vec<pb::ProfileChange>, String), RuntimeError> {
+    let row = live_row(store.conn(), id).await?;
+    let mut events = eventlog::read_stream(store.conn(), &row.id, after, page_size.saturating_add(1)).await?;
+    let more = events.len() as u64 > page_size;
+    events.truncate(page_size as usize);
+    let next = match (more, events.last()) {
+        (true, Some(last)) => page::encode_token(&last.sequence.to_string()),
+        _ => String::new(),
+    };
+    let changes = events.iter().map(change_from_event).collect::<Result<Vec<_>, _>>()?;
+    Ok((changes, next))
+}
+
+fn change_from_event(e: &eventlog::StoredEvent) -> Result<pb::ProfileChange, RuntimeError> {
+    let event = ProfileEvent::decode(e.payload.as_slice())
+        .map_err(|err| RuntimeError::Internal(format!("stored event undecodable: {err}")))?;
+    let changed_fields = match &event.kind {
+        Some(Kind::ProfileUpdated(u)) => u.changed_fields.clone(),
+        Some(Kind::IdentifiersChanged(_)) => vec!["identifiers".to_owned()],
+        _ => vec![],
+    };
+    Ok(pb::ProfileChange { sequence: e.sequence, change_time: event.occur_time, kind: e.kind.clone(), changed_fields })
+}
+
+/// The normalised identifiers a profile holds.
+async fn held_identifiers<C: ConnectionTrait>(c: &C, profile_id: &str) -> Result<Vec<Normalized>, RuntimeError> {
+    Ok(identifiers::Entity::find()
+        .filter(identifiers::Column::ProfileId.eq(profile_id))
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|r| Normalized { kind: domain::identifier_type(r.kind), namespace: r.namespace, value: r.value })
+        .collect())
+}
+
+/// Attach identifiers to a profile. One held by another profile is
+/// ALREADY_EXISTS (merge the profiles instead); one beyond its type's limit
+/// or contradicting a single-valued one is FAILED_PRECONDITION.
+pub async fn add_identifiers(
+    store: &Store,
+    cmd: &IdentifiersCommand,
+) -> Result<pb::AddIdentifiersResponse, RuntimeError> {
+    const SCOPE: &str = "AddIdentifiers";
+    let mut tx = store.begin_write().await?;
+    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
+        tx.rollback().await?;
+        return Ok(r);
+    }
+    let row = live_row(&*tx, &cmd.profile_id).await?;
+    let owned = identifiers::Entity::find()
+        .filter(cmd.identifiers.iter().fold(Condition::any(), |c, n| c.add(id_condition(n))))
+        .all(&*tx)
+        .await?;
+    if let Some(other) = owned.iter().find(|o| o.profile_id != row.id) {
+        return Err(RuntimeError::AlreadyExists(format!(
+            "a {} identifier given belongs to profile {}; merge the profiles instead",
+            domain::identifier_type(other.kind).as_str_name(),
+            other.profile_id
+        )));
+    }
+    let held = held_identifiers(&*tx, &row.id).await?;
+    let new: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| !held.contains(n)).collect();
+    if let Some(c) = new.iter().find(|n| domain::profile::contradicts(&held, n)) {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "the profile already holds another {}; a profile holds one",
+            c.kind.as_str_name()
+        )));
+    }
+    let (fit, over) = domain::profile::within_limits(&held, &new);
+    if let Some(o) = over.first() {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "the profile holds the most {} identifiers allowed ({})",
+            o.kind.as_str_name(),
+            domain::profile::limit(o.kind)
+        )));
+    }
+    let at = now();
+    let mut sequence = 0;
+    if !fit.is_empty() {
+        insert_identifiers(&tx, &row.id, &fit, 0, at.timestamp_micros()).await?;
+        let added = fit.iter().map(|n| to_pb_identifier(n)).collect();
+        let (seq, _) = tx
+            .append_with(&row.id, |s| {
+                event(s, at, &row.id, Kind::IdentifiersChanged(pb::IdentifiersChanged { added, removed: vec![] }))
+            })
+            .await?;
+        sequence = seq;
+    }
+    let profile = load_profile(&*tx, &row.id).await?;
+    let response = pb::AddIdentifiersResponse { profile, sequence };
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &row.id, &response).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// Detach identifiers from a profile (those it does not hold are ignored).
+pub async fn remove_identifiers(
+    store: &Store,
+    cmd: &IdentifiersCommand,
+) -> Result<pb::RemoveIdentifiersResponse, RuntimeError> {
+    const SCOPE: &str = "RemoveIdentifiers";
+    let mut tx = store.begin_write().await?;
+    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
+        tx.rollback().await?;
+        return Ok(r);
+    }
+    let row = live_row(&*tx, &cmd.profile_id).await?;
+    let held = held_identifiers(&*tx, &row.id).await?;
+    let gone: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| held.contains(n)).collect();
+    let mut sequence = 0;
+    if !gone.is_empty() {
+        identifiers::Entity::delete_many()
+            .filter(identifiers::Column::ProfileId.eq(row.id.as_str()))
+            .filter(gone.iter().fold(Condition::any(), |c, n| c.add(id_condition(n))))
+            .exec(&*tx)
+            .await?;
+        let at = now();
+        let removed = gone.iter().map(|n| to_pb_identifier(n)).collect();
+        let (seq, _) = tx
+            .append_with(&row.id, |s| {
+                event(s, at, &row.id, Kind::IdentifiersChanged(pb::IdentifiersChanged { added: vec![], removed }))
+            })
+            .await?;
+        sequence = seq;
+    }
+    let profile = load_profile(&*tx, &row.id).await?;
+    let response = pb::RemoveIdentifiersResponse { profile, sequence };
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &row.id, &response).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// Erase a person (ID-6): their identifiers are deleted, their profile and
+/// every profile merged into it become tombstones, their past events are
+/// redacted, and `ProfileErased` is appended. Erasing again answers with
+/// the first erasure's sequence.
+pub async fn erase_profile(
+    store: &Store,
+    id: &str,
+    request_id: &str,
+    fp: i64,
+) -> Result<pb::EraseProfileResponse, RuntimeError> {
+    const SCOPE: &str = "EraseProfile";
+    let mut tx = store.begin_write().await?;
+    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, request_id, fp).await? {
+        tx.rollback().await?;
+        return Ok(r);
+    }
+    let row = profiles::Entity::find_by_id(id.to_owned())
+        .one(&*tx)
+        .await?
+        .ok_or_else(|| RuntimeError::NotFound { resource: "profile", id: id.to_owned() })?;
+    if row.status == status::ERASED {
+        let done = eventlog::read_stream(&*tx, id, 0, u64::MAX)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|e| e.kind == "profile_erased")
+            .map_or(0, |e| e.sequence);
+        let response = pb::EraseProfileResponse { sequence: done };
+        idempotency::complete(&tx, SCOPE, request_id, &response).await?;
+        tx.commit().await?;
+        return Ok(response);
+    }
+    // The person is the live profile and everything merged into it.
+    let live = live_row(&*tx, id).await?;
+    let mut ids = vec![live.id.clone()];
+    let mut i = 0;
+    while i < ids.len() {
+        let merged =
+            profiles::Entity::find().filter(profiles::Column::MergedInto.eq(ids[i].as_str())).all(&*tx).await?;
+        ids.extend(merged.into_iter().map(|m| m.id));
+        i += 1;
+    }
+    let at = now();
+    for pid in &ids {
+        identifiers::Entity::delete_many().filter(identifiers::Column::ProfileId.eq(pid.as_str())).exec(&*tx).await?;
+        idempotency::forget_subject(&tx, pid).await?;
+        let row = profiles::Entity::find_by_id(pid.clone())
+            .one(&*tx)
+            .await?
+            .ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?;
+        let stone = domain::profile::tombstone(&decode_profile(&row)?);
+        profiles::Entity::update_many()
+            .col_expr(profiles::Column::Status, Expr::value(status::ERASED))
+            .col_expr(profiles::Column::Body, Expr::value(stone.encode_to_vec()))
+            .col_expr(profiles::Column::TargetGroup, Expr::value(""))
+            .col_expr(profiles::Column::TraitKeys, Expr::value("|"))
+            .col_expr(profiles::Column::UpdatedAtUs, Expr::value(at.timestamp_micros()))
+            .filter(profiles::Column::Id.eq(pid.as_str()))
+            .exec(&*tx)
+            .await?;
+        eventlog::redact_stream(&*tx, pid, |e| match ProfileEvent::decode(e.payload.as_slice()) {
+            Ok(ev) => domain::profile::redact(ev).encode_to_vec(),
+            // Undecodable payloads cannot be vetted: drop their content.
+            Err(_) => {
+                ProfileEvent { sequence: e.sequence, profile_id: pid.clone(), ..Default::default() }.encode_to_vec()
+            }
+        })
+        .await?;
+    }
+    let mut sequence = 0;
+    for pid in &ids {
+        let (seq, _) = tx
+            .append_with(pid, |s| event(s, at, pid, Kind::ProfileErased(pb::ProfileErased { profile_id: pid.clone() })))
+            .await?;
+        sequence = seq;
+    }
+    let response = pb::EraseProfileResponse { sequence };
+    idempotency::complete(&tx, SCOPE, request_id, &response).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// Everything held about a person (right of access, ID-6): the profile,
+/// its history, and one JSON document of both.
+pub async fn export_profile(store: &Store, id: &str) -> Result<pb::ExportProfileResponse, RuntimeError> {
+    let profile = get_profile(store, id).await?;
+    // A person's whole history; profiles change at human pace.
+    const MAX_HISTORY: u64 = 1_000_000;
+    let (changes, _) = list_changes(store, &profile.id, MAX_HISTORY, 0).await?;
+    let document_json = crate::export::document(&profile, &changes).to_string();
+    Ok(pb::ExportProfileResponse { profile: Some(profile), changes, document_json })
 }

@@ -42,6 +42,9 @@ impl Store {
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(5))
                     .create_if_missing(true)
+                    // Deleted content is overwritten, not left in free pages:
+                    // erasure must leave nothing readable in the file.
+                    .pragma("secure_delete", "on")
             });
         } else {
             opts.max_connections(max_connections).min_connections(1);

@@ -70,13 +70,18 @@ pub async fn append<C: ConnectionTrait>(c: &C, key: &str, kind: &str, payload: &
     Ok(sequence)
 }
 
+/// A LIMIT every database accepts (PostgreSQL refuses negative ones).
+fn clamp(limit: u64) -> i64 {
+    limit.min(i64::MAX as u64) as i64
+}
+
 /// Events after `after`, in order, at most `limit`.
 pub async fn read_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) -> Result<Vec<StoredEvent>, DbErr> {
     let rows = c
         .query_all_raw(stmt(
             c.get_database_backend(),
             "SELECT sequence, stream_key, kind, recorded_at_us, payload FROM event_log WHERE sequence > ? ORDER BY sequence LIMIT ?",
-            vec![after.into(), (limit as i64).into()],
+            vec![after.into(), clamp(limit).into()],
         ))
         .await?;
     rows.into_iter()
@@ -101,4 +106,64 @@ pub async fn head<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
         Some(r) => r.try_get_by_index(0),
         None => Ok(0),
     }
+}
+
+/// Events of one stream key after `after`, in order, at most `limit`.
+pub async fn read_stream<C: ConnectionTrait>(
+    c: &C,
+    key: &str,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<StoredEvent>, DbErr> {
+    let rows = c
+        .query_all_raw(stmt(
+            c.get_database_backend(),
+            "SELECT sequence, stream_key, kind, recorded_at_us, payload FROM event_log \
+             WHERE stream_key = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+            vec![key.into(), after.into(), clamp(limit).into()],
+        ))
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(StoredEvent {
+                sequence: r.try_get_by_index(0)?,
+                stream_key: r.try_get_by_index(1)?,
+                kind: r.try_get_by_index(2)?,
+                recorded_at_us: r.try_get_by_index(3)?,
+                payload: r.try_get_by_index(4)?,
+            })
+        })
+        .collect()
+}
+
+/// Replace the payload of every event of `key` by what `redact` makes of
+/// it, in the caller's transaction: erasure removes personal data from the
+/// log while sequences, kinds and order stay (the feed keeps no holes).
+/// Returns how many events were rewritten.
+pub async fn redact_stream<C: ConnectionTrait>(
+    c: &C,
+    key: &str,
+    mut redact: impl FnMut(&StoredEvent) -> Vec<u8>,
+) -> Result<u64, DbErr> {
+    let backend = c.get_database_backend();
+    let mut after = 0;
+    let mut rewritten = 0;
+    loop {
+        let batch = read_stream(c, key, after, 512).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.sequence;
+        for e in &batch {
+            let payload = redact(e);
+            if payload != e.payload {
+                c.execute_raw(stmt(
+                    backend,
+                    "UPDATE event_log SET payload = ? WHERE sequence = ?",
+                    vec![payload.into(), e.sequence.into()],
+                ))
+                .await?;
+                rewritten += 1;
+            }
+        }
+    }
+    Ok(rewritten)
 }

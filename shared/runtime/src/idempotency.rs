@@ -88,15 +88,39 @@ pub async fn complete<R: prost::Message>(
     request_id: &str,
     response: &R,
 ) -> Result<(), DbErr> {
+    complete_for(tx, scope, request_id, "", response).await
+}
+
+/// Store the response of a fresh claim, noting whom it is about (a
+/// customer or profile id), so that `forget_subject` can erase it.
+pub async fn complete_for<R: prost::Message>(
+    tx: &WriteTxn,
+    scope: &str,
+    request_id: &str,
+    subject: &str,
+    response: &R,
+) -> Result<(), DbErr> {
     if request_id.is_empty() {
         return Ok(());
     }
     tx.execute_raw(tx.stmt(
-        "UPDATE idempotency_keys SET response = ? WHERE scope = ? AND request_id = ?",
-        vec![response.encode_to_vec().into(), scope.into(), request_id.into()],
+        "UPDATE idempotency_keys SET response = ?, subject = ? WHERE scope = ? AND request_id = ?",
+        vec![response.encode_to_vec().into(), subject.into(), scope.into(), request_id.into()],
     ))
     .await?;
     Ok(())
+}
+
+/// Delete every stored response about `subject` (erasure). A retry of one
+/// of those requests afterwards is treated as new.
+pub async fn forget_subject(tx: &WriteTxn, subject: &str) -> Result<u64, DbErr> {
+    if subject.is_empty() {
+        return Ok(0);
+    }
+    Ok(tx
+        .execute_raw(tx.stmt("DELETE FROM idempotency_keys WHERE subject = ?", vec![subject.into()]))
+        .await?
+        .rows_affected())
 }
 
 #[cfg(test)]

@@ -69,8 +69,20 @@ impl MigrationTrait for RuntimeTables {
                     .col(ColumnDef::new("request_id").string().not_null())
                     .col(ColumnDef::new("fingerprint").big_integer().not_null())
                     .col(ColumnDef::new("response").blob().null())
+                    // Whom the response is about, so erasure can delete it.
+                    .col(ColumnDef::new("subject").string().not_null().default(""))
                     .col(ColumnDef::new("created_at_us").big_integer().not_null())
                     .primary_key(Index::create().col("scope").col("request_id"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idempotency_keys_subject")
+                    .table("idempotency_keys")
+                    .col("subject")
+                    .if_not_exists()
                     .to_owned(),
             )
             .await?;

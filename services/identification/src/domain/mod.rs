@@ -4,6 +4,7 @@
 
 pub mod matching;
 pub mod normalize;
+pub mod profile;
 
 use crm_proto::identification::v1::{IdentifierType, Profile, ProfileAttributes};
 

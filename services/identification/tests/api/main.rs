@@ -234,3 +234,302 @@ async fn later_rpcs_answer_unimplemented() {
     let err = client.merge_profiles(pb::MergeProfilesRequest::default()).await.expect_err("later");
     assert_eq!(err.code(), Code::Unimplemented);
 }
+
+fn person(email: &str, given: &str, family: &str) -> pb::ResolveIdentityRequest {
+    pb::ResolveIdentityRequest {
+        identifiers: vec![id(IdentifierType::Email, email)],
+        channel: Channel::Web as i32,
+        attributes: Some(pb::ProfileAttributes {
+            name: Some(pb::PersonName { given_name: given.into(), family_name: family.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn profiles_list_with_filters_and_pages() {
+    let (_server, mut client) = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut req = person(&format!("p{i}@correo.es"), "Ana", "Ruiz");
+        req.acquisition = Some(pb::Acquisition {
+            target_group: if i % 2 == 0 { "young".into() } else { "senior".into() },
+            ..Default::default()
+        });
+        if i == 4 {
+            req.attributes.as_mut().unwrap().traits.insert(
+                "kids".into(),
+                crm_proto::common::v1::TraitValue { kind: Some(crm_proto::common::v1::trait_value::Kind::IntValue(2)) },
+            );
+        }
+        ids.push(client.resolve_identity(req).await.unwrap().into_inner().profile.unwrap().id);
+    }
+    let page1 = client
+        .list_profiles(pb::ListProfilesRequest { page_size: 3, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let page2 = client
+        .list_profiles(pb::ListProfilesRequest {
+            page_size: 3,
+            page_token: page1.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let all: Vec<String> = page1.profiles.iter().chain(&page2.profiles).map(|p| p.id.clone()).collect();
+    assert_eq!(all, ids, "oldest first across pages");
+    assert!(page1.profiles.iter().all(|p| p.identifiers.len() == 1), "identifiers come along");
+    let young = client
+        .list_profiles(pb::ListProfilesRequest {
+            target_group: "young".into(),
+            lifecycle_stage: LifecycleStage::Prospect as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(young.profiles.len(), 3);
+    let kids = client
+        .list_profiles(pb::ListProfilesRequest { trait_key: "kids".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kids.profiles.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), [ids[4].clone()]);
+    let err = client
+        .list_profiles(pb::ListProfilesRequest { trait_key: "100%".into(), page_size: -1, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&err), ["page_size", "trait_key"]);
+}
+
+#[tokio::test]
+async fn updates_follow_the_mask_and_the_etag_and_are_in_the_history() {
+    let (_server, mut client) = spawn_app().await;
+    let p =
+        client.resolve_identity(person("ana@correo.es", "Ana", "García")).await.unwrap().into_inner().profile.unwrap();
+    let mask = |paths: &[&str]| Some(prost_types::FieldMask { paths: paths.iter().map(|s| s.to_string()).collect() });
+    let change = pb::Profile {
+        id: p.id.clone(),
+        etag: p.etag.clone(),
+        name: Some(pb::PersonName { given_name: "Anna".into(), family_name: "IGNORED".into(), ..Default::default() }),
+        lifecycle_stage: LifecycleStage::FirstTimeCustomer as i32,
+        ..Default::default()
+    };
+    let r = client
+        .update_profile(pb::UpdateProfileRequest {
+            profile: Some(change.clone()),
+            update_mask: mask(&["name.given_name", "lifecycle_stage"]),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let updated = r.profile.unwrap();
+    let name = updated.name.as_ref().unwrap();
+    assert_eq!((name.given_name.as_str(), name.family_name.as_str()), ("Anna", "García"));
+    assert_eq!(updated.lifecycle_stage, LifecycleStage::FirstTimeCustomer as i32);
+    assert_ne!(updated.etag, p.etag);
+
+    // The old etag is stale now.
+    let err = client
+        .update_profile(pb::UpdateProfileRequest {
+            profile: Some(change),
+            update_mask: mask(&["locale"]),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let err = client
+        .update_profile(pb::UpdateProfileRequest {
+            profile: Some(pb::Profile { id: p.id.clone(), ..Default::default() }),
+            update_mask: mask(&["identifiers", "locale"]),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&err), ["update_mask.paths[0]"]);
+    let err = client
+        .update_profile(pb::UpdateProfileRequest {
+            profile: Some(pb::Profile { id: p.id.clone(), ..Default::default() }),
+            update_mask: None,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&err), ["update_mask"]);
+
+    let history = client
+        .list_profile_changes(pb::ListProfileChangesRequest { profile_id: p.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<(String, Vec<String>)> = history.changes.into_iter().map(|c| (c.kind, c.changed_fields)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("profile_created".to_owned(), vec![]),
+            ("profile_updated".to_owned(), vec!["name".to_owned(), "lifecycle_stage".to_owned()])
+        ]
+    );
+}
+
+#[tokio::test]
+async fn identifiers_are_added_and_removed_within_their_guardrails() {
+    let (_server, mut client) = spawn_app().await;
+    let mut req = person("ana@correo.es", "Ana", "García");
+    req.identifiers.push(id(IdentifierType::CustomerNumber, "C-1"));
+    let ana = client.resolve_identity(req).await.unwrap().into_inner().profile.unwrap();
+    let rui =
+        client.resolve_identity(person("rui@correio.pt", "Rui", "Costa")).await.unwrap().into_inner().profile.unwrap();
+
+    let add = |profile: &str, ids: Vec<pb::Identifier>| pb::AddIdentifiersRequest {
+        profile_id: profile.to_owned(),
+        identifiers: ids,
+        request_id: String::new(),
+    };
+    let r =
+        client.add_identifiers(add(&ana.id, vec![id(IdentifierType::Phone, "612345678")])).await.unwrap().into_inner();
+    assert_eq!(r.profile.unwrap().identifiers.len(), 3);
+    let err =
+        client.add_identifiers(add(&ana.id, vec![id(IdentifierType::Email, "RUI@correio.pt")])).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "it belongs to Rui");
+    let err = client.add_identifiers(add(&ana.id, vec![id(IdentifierType::CustomerNumber, "C-2")])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "one customer number per profile");
+    let err =
+        client.add_identifiers(add(&rui.id, vec![id(IdentifierType::Email, "test@example.com")])).await.unwrap_err();
+    assert_eq!(fields(&err), ["identifiers[0]"]);
+
+    // A touchpoint with Ana's email but another customer number is someone
+    // else (a shared family address), not Ana.
+    let mut req = person("ana@correo.es", "Pablo", "García");
+    req.identifiers.push(id(IdentifierType::CustomerNumber, "C-9"));
+    let other = client.resolve_identity(req).await.unwrap().into_inner();
+    assert!(other.created);
+    assert_ne!(other.profile.unwrap().id, ana.id);
+
+    let r = client
+        .remove_identifiers(pb::RemoveIdentifiersRequest {
+            profile_id: ana.id.clone(),
+            identifiers: vec![id(IdentifierType::Phone, "+34612345678")],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.profile.unwrap().identifiers.len(), 2);
+    let again =
+        client.resolve_identity(resolve(vec![id(IdentifierType::Phone, "612345678")])).await.unwrap().into_inner();
+    assert!(again.created, "a removed identifier no longer finds the profile");
+}
+
+#[tokio::test]
+async fn an_erased_person_is_gone_from_every_table_but_the_tombstone_remains() {
+    let (server, mut client) = spawn_app().await;
+    let mut req = person("marta.puig@correu.cat", "Marta", "Puig");
+    req.identifiers.push(id(IdentifierType::Phone, "+34 655 123 456"));
+    req.attributes.as_mut().unwrap().birth_date = Some(Date { year: 1984, month: 7, day: 9 });
+    req.request_id = "touch-erase".into();
+    let marta = client.resolve_identity(req.clone()).await.unwrap().into_inner().profile.unwrap();
+    client
+        .update_profile(pb::UpdateProfileRequest {
+            profile: Some(pb::Profile { id: marta.id.clone(), locale: "ca-ES".into(), ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["locale".into()] }),
+            request_id: "upd-erase".into(),
+        })
+        .await
+        .unwrap();
+    let keep =
+        client.resolve_identity(person("rui@correio.pt", "Rui", "Costa")).await.unwrap().into_inner().profile.unwrap();
+
+    let erased = client
+        .erase_profile(pb::EraseProfileRequest { profile_id: marta.id.clone(), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(erased.sequence > 0);
+    let again = client
+        .erase_profile(pb::EraseProfileRequest { profile_id: marta.id.clone(), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.sequence, erased.sequence, "erasing twice is the same erasure");
+    let err = client.get_profile(pb::GetProfileRequest { profile_id: marta.id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Query the store itself: no personal value anywhere, the tombstone stays.
+    let store = crm_runtime::db::Store::connect(&server.db().url, 2).await.unwrap();
+    let needles = ["Marta", "Puig", "marta.puig@correu.cat", "+34655123456", "ca-ES"];
+    for (table, column) in
+        [("profiles", "body"), ("identifiers", "value"), ("event_log", "payload"), ("idempotency_keys", "response")]
+    {
+        let rows = sea_orm::ConnectionTrait::query_all_raw(
+            store.conn(),
+            store.stmt(&format!("SELECT {column} FROM {table} WHERE {column} IS NOT NULL"), vec![]),
+        )
+        .await
+        .unwrap();
+        for row in rows {
+            let bytes: Vec<u8> = row
+                .try_get_by_index::<Vec<u8>>(0)
+                .or_else(|_| row.try_get_by_index::<String>(0).map(String::into_bytes))
+                .unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            for n in needles {
+                assert!(!text.contains(n), "{n} is still in {table}.{column}");
+            }
+        }
+    }
+    let stone = sea_orm::ConnectionTrait::query_one_raw(
+        store.conn(),
+        store.stmt("SELECT status FROM profiles WHERE id = ?", vec![marta.id.clone().into()]),
+    )
+    .await
+    .unwrap()
+    .expect("tombstone");
+    assert_eq!(stone.try_get_by_index::<i32>(0).unwrap(), 3);
+    // Others are untouched, and the feed still counts every sequence.
+    assert_eq!(
+        client
+            .get_profile(pb::GetProfileRequest { profile_id: keep.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .profile
+            .unwrap()
+            .name
+            .unwrap()
+            .given_name,
+        "Rui"
+    );
+    let mut feed = client.subscribe(pb::SubscribeRequest { after_sequence: 0 }).await.unwrap().into_inner();
+    for expected in 1..=erased.sequence {
+        let e = feed.next().await.unwrap().unwrap().event.unwrap();
+        assert_eq!(e.sequence, expected);
+    }
+    // The same person coming back is a new prospect.
+    let back = client.resolve_identity(req).await.unwrap().into_inner();
+    assert!(back.created, "the erased identifiers and the replayable answer are gone");
+
+    let export = client.export_profile(pb::ExportProfileRequest { profile_id: marta.id }).await.unwrap_err();
+    assert_eq!(export.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn the_export_holds_everything_about_the_person() {
+    let (_server, mut client) = spawn_app().await;
+    let p =
+        client.resolve_identity(person("ana@correo.es", "Ana", "García")).await.unwrap().into_inner().profile.unwrap();
+    let export =
+        client.export_profile(pb::ExportProfileRequest { profile_id: p.id.clone() }).await.unwrap().into_inner();
+    let doc: serde_json::Value = serde_json::from_str(&export.document_json).unwrap();
+    assert_eq!(doc["profile_id"], p.id);
+    assert_eq!(doc["name"]["given_name"], "Ana");
+    assert_eq!(doc["identifiers"][0]["value"], "ana@correo.es");
+    assert_eq!(doc["history"][0]["kind"], "profile_created");
+    assert_eq!(export.changes.len(), 1);
+}
