@@ -147,6 +147,46 @@ impl IdentificationService for IdentificationApi {
         Ok(Response::new(store::export_profile(&self.store, &id).await?))
     }
 
+    #[tracing::instrument(skip_all, fields(surviving_id, merged_id))]
+    async fn merge_profiles(
+        &self,
+        request: Request<pb::MergeProfilesRequest>,
+    ) -> Result<Response<pb::MergeProfilesResponse>, Status> {
+        let req = request.into_inner();
+        let fp = fingerprint(&req.encode_to_vec());
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "surviving_id", &req.surviving_id);
+        validate::id(&mut v, "merged_id", &req.merged_id);
+        v.require(
+            req.surviving_id != req.merged_id || req.merged_id.is_empty(),
+            "merged_id",
+            "must differ from surviving_id",
+        );
+        check_request_id(&mut v, &req.request_id);
+        v.finish()?;
+        let span = tracing::Span::current();
+        span.record("surviving_id", req.surviving_id.as_str());
+        span.record("merged_id", req.merged_id.as_str());
+        Ok(Response::new(
+            crate::merges::merge(&self.store, &req.surviving_id, &req.merged_id, &req.request_id, fp).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(merge_id))]
+    async fn unmerge_profiles(
+        &self,
+        request: Request<pb::UnmergeProfilesRequest>,
+    ) -> Result<Response<pb::UnmergeProfilesResponse>, Status> {
+        let req = request.into_inner();
+        let fp = fingerprint(&req.encode_to_vec());
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "merge_id", &req.merge_id);
+        check_request_id(&mut v, &req.request_id);
+        v.finish()?;
+        tracing::Span::current().record("merge_id", req.merge_id.as_str());
+        Ok(Response::new(crate::merges::unmerge(&self.store, &req.merge_id, &req.request_id, fp).await?))
+    }
+
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,

@@ -7,7 +7,12 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(crm_runtime::migration::RuntimeTables), Box::new(ProfileTables), Box::new(ProfileSearchAndStatus)]
+        vec![
+            Box::new(crm_runtime::migration::RuntimeTables),
+            Box::new(ProfileTables),
+            Box::new(ProfileSearchAndStatus),
+            Box::new(MergeTables),
+        ]
     }
 }
 
@@ -116,6 +121,67 @@ impl MigrationTrait for ProfileSearchAndStatus {
         manager.drop_index(Index::drop().name("profiles_updated").table("profiles").to_owned()).await?;
         manager.alter_table(Table::alter().table("profiles").drop_column("merged_into").to_owned()).await?;
         manager.alter_table(Table::alter().table("profiles").drop_column("trait_keys").to_owned()).await?;
+        Ok(())
+    }
+}
+
+/// Merge audit records (with the snapshots unmerge restores) and the
+/// journal of what arrives at a survivor while a merge stands.
+pub struct MergeTables;
+
+impl MigrationName for MergeTables {
+    fn name(&self) -> &str {
+        "m20261122_000003_merges"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for MergeTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("merges")
+                    .col(ColumnDef::new("id").string().not_null().primary_key())
+                    .col(ColumnDef::new("surviving_id").string().not_null())
+                    .col(ColumnDef::new("merged_id").string().not_null())
+                    .col(ColumnDef::new("status").integer().not_null())
+                    .col(ColumnDef::new("sequence").big_integer().not_null())
+                    .col(ColumnDef::new("created_at_us").big_integer().not_null())
+                    .col(ColumnDef::new("survivor_version").big_integer().not_null())
+                    .col(ColumnDef::new("merged_version").big_integer().not_null())
+                    .col(ColumnDef::new("survivor_before").blob().not_null())
+                    .col(ColumnDef::new("merged_before").blob().not_null())
+                    .col(ColumnDef::new("merged_identifiers").blob().not_null())
+                    .col(ColumnDef::new("evidence").text().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create().name("merges_survivor").table("merges").col("surviving_id").col("status").to_owned(),
+            )
+            .await?;
+        manager.create_index(Index::create().name("merges_merged").table("merges").col("merged_id").to_owned()).await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("profile_journal")
+                    .col(ColumnDef::new("profile_id").string().not_null())
+                    .col(ColumnDef::new("sequence").big_integer().not_null())
+                    .col(ColumnDef::new("arrived_with").string().null())
+                    .col(ColumnDef::new("entry").blob().not_null())
+                    .primary_key(Index::create().col("profile_id").col("sequence"))
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for t in ["profile_journal", "merges"] {
+            manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
+        }
         Ok(())
     }
 }

@@ -88,7 +88,7 @@ pub mod status {
 }
 
 /// The `trait_keys` column: every key between bars, for exact-key filters.
-fn trait_keys(p: &pb::Profile) -> String {
+pub(crate) fn trait_keys(p: &pb::Profile) -> String {
     let mut keys: Vec<&String> = p.traits.keys().collect();
     keys.sort();
     let mut s = String::from("|");
@@ -99,7 +99,7 @@ fn trait_keys(p: &pb::Profile) -> String {
     s
 }
 
-fn to_pb_identifier(n: &Normalized) -> pb::Identifier {
+pub(crate) fn to_pb_identifier(n: &Normalized) -> pb::Identifier {
     pb::Identifier { r#type: n.kind as i32, value: n.value.clone(), namespace: n.namespace.clone() }
 }
 
@@ -107,7 +107,7 @@ fn micros_to_timestamp(us: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds: us.div_euclid(1_000_000), nanos: (us.rem_euclid(1_000_000) * 1000) as i32 })
 }
 
-fn id_condition(n: &Normalized) -> Condition {
+pub(crate) fn id_condition(n: &Normalized) -> Condition {
     use identifiers::Column as C;
     Condition::all()
         .add(C::Kind.eq(n.kind as i32))
@@ -115,7 +115,7 @@ fn id_condition(n: &Normalized) -> Condition {
         .add(C::Value.eq(n.value.as_str()))
 }
 
-fn decode_profile(row: &profiles::Model) -> Result<pb::Profile, RuntimeError> {
+pub(crate) fn decode_profile(row: &profiles::Model) -> Result<pb::Profile, RuntimeError> {
     pb::Profile::decode(row.body.as_slice())
         .map_err(|e| RuntimeError::Internal(format!("stored profile undecodable: {e}")))
 }
@@ -130,7 +130,7 @@ fn identifier_from_row(r: identifiers::Model) -> pb::ProfileIdentifier {
 }
 
 /// A profile with its identifiers, as the API shows it.
-async fn load_profile<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<pb::Profile>, RuntimeError> {
+pub(crate) async fn load_profile<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<pb::Profile>, RuntimeError> {
     let Some(row) = profiles::Entity::find_by_id(id.to_owned()).one(c).await? else {
         return Ok(None);
     };
@@ -148,7 +148,7 @@ async fn load_profile<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<pb::
 
 /// The live profile an id names: itself, or the survivor it was merged
 /// into (ids are stable). Erased or unknown ids are NOT_FOUND.
-async fn live_row<C: ConnectionTrait>(c: &C, id: &str) -> Result<profiles::Model, RuntimeError> {
+pub(crate) async fn live_row<C: ConnectionTrait>(c: &C, id: &str) -> Result<profiles::Model, RuntimeError> {
     let not_found = || RuntimeError::NotFound { resource: "profile", id: id.to_owned() };
     let mut current = id.to_owned();
     for _ in 0..32 {
@@ -318,6 +318,12 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                     .await?;
                 sequence = seq;
             }
+            let entry = crate::merges::JournalEntry {
+                attributes: Some(cmd.attributes.clone()),
+                identifiers: unowned.iter().map(|n| to_pb_identifier(n)).collect(),
+                ..Default::default()
+            };
+            crate::merges::journal(&tx, &profile_id, sequence, Some(&matched), &entry).await?;
             let full = match full {
                 Some(f) => f,
                 None => load_profile(&*tx, &profile_id)
@@ -343,11 +349,11 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
     Ok(response)
 }
 
-fn event(sequence: i64, at: chrono::DateTime<chrono::Utc>, profile_id: &str, kind: Kind) -> ProfileEvent {
+pub(crate) fn event(sequence: i64, at: chrono::DateTime<chrono::Utc>, profile_id: &str, kind: Kind) -> ProfileEvent {
     ProfileEvent { sequence, occur_time: Some(to_timestamp(at)), profile_id: profile_id.to_owned(), kind: Some(kind) }
 }
 
-async fn insert_identifiers(
+pub(crate) async fn insert_identifiers(
     tx: &WriteTxn,
     profile_id: &str,
     ids: &[&Normalized],
@@ -416,7 +422,7 @@ pub async fn list_profiles(store: &Store, q: &ProfileQuery) -> Result<(Vec<pb::P
 
 /// Save a profile's new body, bump its version, and append the update
 /// event; returns the profile as the API shows it and the sequence.
-async fn save_update(
+pub(crate) async fn save_update(
     tx: &mut WriteTxn,
     row: &profiles::Model,
     mut profile: pb::Profile,
@@ -483,6 +489,12 @@ pub async fn update_profile(store: &Store, cmd: &UpdateCommand) -> Result<pb::Up
         pb::UpdateProfileResponse { profile: Some(full), sequence: 0 }
     } else {
         let (full, sequence) = save_update(&mut tx, &row, profile, changed, now()).await?;
+        let entry = crate::merges::JournalEntry {
+            update: Some(cmd.profile.clone()),
+            update_paths: cmd.paths.clone(),
+            ..Default::default()
+        };
+        crate::merges::journal(&tx, &row.id, sequence, None, &entry).await?;
         pb::UpdateProfileResponse { profile: Some(full), sequence }
     };
     idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &row.id, &response).await?;
@@ -521,7 +533,10 @@ fn change_from_event(e: &eventlog::StoredEvent) -> Result<pb::ProfileChange, Run
 }
 
 /// The normalised identifiers a profile holds.
-async fn held_identifiers<C: ConnectionTrait>(c: &C, profile_id: &str) -> Result<Vec<Normalized>, RuntimeError> {
+pub(crate) async fn held_identifiers<C: ConnectionTrait>(
+    c: &C,
+    profile_id: &str,
+) -> Result<Vec<Normalized>, RuntimeError> {
     Ok(identifiers::Entity::find()
         .filter(identifiers::Column::ProfileId.eq(profile_id))
         .all(c)
@@ -583,6 +598,11 @@ pub async fn add_identifiers(
             })
             .await?;
         sequence = seq;
+        let entry = crate::merges::JournalEntry {
+            identifiers: fit.iter().map(|n| to_pb_identifier(n)).collect(),
+            ..Default::default()
+        };
+        crate::merges::journal(&tx, &row.id, sequence, None, &entry).await?;
     }
     let profile = load_profile(&*tx, &row.id).await?;
     let response = pb::AddIdentifiersResponse { profile, sequence };
@@ -674,6 +694,7 @@ pub async fn erase_profile(
     for pid in &ids {
         identifiers::Entity::delete_many().filter(identifiers::Column::ProfileId.eq(pid.as_str())).exec(&*tx).await?;
         idempotency::forget_subject(&tx, pid).await?;
+        crate::merges::forget(&tx, pid).await?;
         let row = profiles::Entity::find_by_id(pid.clone())
             .one(&*tx)
             .await?

@@ -3,6 +3,7 @@
 //! of matches points to. No I/O.
 
 pub mod matching;
+pub mod merge;
 pub mod normalize;
 pub mod profile;
 
