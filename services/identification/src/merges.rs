@@ -98,13 +98,27 @@ pub async fn merge(
     }
     let s_row = live_row(&*tx, surviving_id).await?;
     let m_row = live_row(&*tx, merged_id).await?;
+    let (profile, merge_id, sequence) = merge_in(&mut tx, &s_row, &m_row).await?;
+    let response = pb::MergeProfilesResponse { profile: Some(profile), merge_id, sequence };
+    idempotency::complete_for(&tx, SCOPE, request_id, &s_row.id, &response).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// Merge `m_row` into `s_row` inside `tx`: the survivor as it is after,
+/// the merge's id, and the last sequence appended.
+pub async fn merge_in(
+    tx: &mut WriteTxn,
+    s_row: &profiles::Model,
+    m_row: &profiles::Model,
+) -> Result<(pb::Profile, String, i64), RuntimeError> {
     if s_row.id == m_row.id {
         return Err(RuntimeError::FailedPrecondition("both ids name the same profile already".into()));
     }
     let survivor = decode_profile(&s_row)?;
     let merged = decode_profile(&m_row)?;
-    let s_held = held_identifiers(&*tx, &s_row.id).await?;
-    let m_held = held_identifiers(&*tx, &m_row.id).await?;
+    let s_held = held_identifiers(&**tx, &s_row.id).await?;
+    let m_held = held_identifiers(&**tx, &m_row.id).await?;
     if let Some(c) = m_held.iter().find(|n| domain::profile::contradicts(&s_held, n)) {
         return Err(RuntimeError::FailedPrecondition(format!(
             "both profiles hold a {}; remove one before merging",
@@ -160,11 +174,8 @@ pub async fn merge(
         ],
     ))
     .await?;
-    let (profile, sequence) = store::save_update(&mut tx, &s_row, survived, vec!["merged"], at).await?;
-    let response = pb::MergeProfilesResponse { profile: Some(profile), merge_id, sequence };
-    idempotency::complete_for(&tx, SCOPE, request_id, &s_row.id, &response).await?;
-    tx.commit().await?;
-    Ok(response)
+    let (profile, sequence) = store::save_update(tx, s_row, survived, vec!["merged"], at).await?;
+    Ok((profile, merge_id, sequence))
 }
 
 /// Undo the merge `merge_id`: the latest merge into its survivor that

@@ -324,6 +324,25 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                 ..Default::default()
             };
             crate::merges::journal(&tx, &profile_id, sequence, Some(&matched), &entry).await?;
+            // Stitching: an anonymous profile (cookies, devices only) seen in
+            // this touchpoint is this person, now that they have identified
+            // themselves: it is merged in, undoably, like any merge.
+            if !domain::normalize::is_anonymous(matched.kind) {
+                let mut stitched: Vec<&String> = Vec::new();
+                for (n, owner) in &matches {
+                    if *owner == profile_id || !domain::normalize::is_anonymous(n.kind) || stitched.contains(&owner) {
+                        continue;
+                    }
+                    if domain::all_anonymous(&held_identifiers(&*tx, owner).await?) {
+                        let s_row = live_row(&*tx, &profile_id).await?;
+                        let q_row = live_row(&*tx, owner).await?;
+                        let (p, _, seq) = crate::merges::merge_in(&mut tx, &s_row, &q_row).await?;
+                        full = Some(p);
+                        sequence = seq;
+                        stitched.push(owner);
+                    }
+                }
+            }
             let full = match full {
                 Some(f) => f,
                 None => load_profile(&*tx, &profile_id)

@@ -727,3 +727,64 @@ async fn erasing_a_survivor_erases_the_person_behind_every_alias() {
     let back = client.resolve_identity(person("b@correo.es", "X", "Y")).await.unwrap().into_inner();
     assert!(back.created);
 }
+
+#[tokio::test]
+async fn an_anonymous_visitor_is_stitched_to_the_person_when_they_identify() {
+    let (_server, mut client) = spawn_app().await;
+    let known =
+        client.resolve_identity(person("ana@correo.es", "Ana", "García")).await.unwrap().into_inner().profile.unwrap();
+    // Browsing anonymously on another device first.
+    let anon = client
+        .resolve_identity(resolve(vec![id(IdentifierType::Cookie, "ck-1"), id(IdentifierType::DeviceId, "dev-9")]))
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    assert_ne!(anon.id, known.id);
+    // Then logging in: email plus that cookie.
+    let r = client
+        .resolve_identity(resolve(vec![id(IdentifierType::Email, "ana@correo.es"), id(IdentifierType::Cookie, "ck-1")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let p = r.profile.unwrap();
+    assert_eq!(p.id, known.id);
+    assert_eq!(p.merged_ids, vec![anon.id.clone()]);
+    assert_eq!(p.identifiers.len(), 3, "email, cookie and device");
+    let alias = client
+        .get_profile(pb::GetProfileRequest { profile_id: anon.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    assert_eq!(alias.id, known.id);
+
+    // A known person's cookie is never stitched to someone else.
+    let rui = client
+        .resolve_identity(resolve(vec![
+            id(IdentifierType::Email, "rui@correio.pt"),
+            id(IdentifierType::Cookie, "ck-2"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    let r = client
+        .resolve_identity(resolve(vec![id(IdentifierType::Email, "ana@correo.es"), id(IdentifierType::Cookie, "ck-2")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.profile.unwrap().id, known.id);
+    let rui_now = client
+        .get_profile(pb::GetProfileRequest { profile_id: rui.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    assert_eq!(rui_now.id, rui.id, "Rui keeps his profile and his cookie");
+    assert_eq!(rui_now.identifiers.len(), 2);
+}
