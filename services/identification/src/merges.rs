@@ -115,8 +115,8 @@ pub async fn merge_in(
     if s_row.id == m_row.id {
         return Err(RuntimeError::FailedPrecondition("both ids name the same profile already".into()));
     }
-    let survivor = decode_profile(&s_row)?;
-    let merged = decode_profile(&m_row)?;
+    let survivor = decode_profile(s_row)?;
+    let merged = decode_profile(m_row)?;
     let s_held = held_identifiers(&**tx, &s_row.id).await?;
     let m_held = held_identifiers(&**tx, &m_row.id).await?;
     if let Some(c) = m_held.iter().find(|n| domain::profile::contradicts(&s_held, n)) {
