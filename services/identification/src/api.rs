@@ -187,6 +187,44 @@ impl IdentificationService for IdentificationApi {
         Ok(Response::new(crate::merges::unmerge(&self.store, &req.merge_id, &req.request_id, fp).await?))
     }
 
+    #[tracing::instrument(skip_all, fields(created, linked, review, rejected))]
+    async fn import_profiles(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportProfilesRequest>>,
+    ) -> Result<Response<pb::ImportProfilesResponse>, Status> {
+        let mut records = request.into_inner();
+        let mut counts = pb::ImportProfilesResponse::default();
+        while let Some(record) = records.message().await? {
+            let req = pb::ResolveIdentityRequest {
+                identifiers: record.identifiers,
+                attributes: record.attributes,
+                channel: 0,
+                acquisition: record.acquisition,
+                request_id: String::new(),
+            };
+            // An invalid record is counted and skipped: one bad row must not
+            // stop the load of a customer base.
+            let Ok(cmd) = ResolveCommand::from_request(req, &self.default_region) else {
+                counts.rejected_count += 1;
+                continue;
+            };
+            let r = store::resolve(&self.store, &cmd).await?;
+            if !r.review_item_id.is_empty() {
+                counts.review_count += 1;
+            } else if r.created {
+                counts.created_count += 1;
+            } else {
+                counts.linked_count += 1;
+            }
+        }
+        let span = tracing::Span::current();
+        span.record("created", counts.created_count);
+        span.record("linked", counts.linked_count);
+        span.record("review", counts.review_count);
+        span.record("rejected", counts.rejected_count);
+        Ok(Response::new(counts))
+    }
+
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,

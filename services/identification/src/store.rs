@@ -278,6 +278,7 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                 explanation: Some(MatchExplanation { method: MatchMethod::Created as i32, ..Default::default() }),
                 confidence: 0.0,
                 sequence,
+                review_item_id: String::new(),
             }
         }
         Some((matched, profile_id, held)) => {
@@ -359,6 +360,7 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                 }),
                 confidence: 1.0,
                 sequence,
+                review_item_id: String::new(),
             }
         }
     };

@@ -788,3 +788,29 @@ async fn an_anonymous_visitor_is_stitched_to_the_person_when_they_identify() {
     assert_eq!(rui_now.id, rui.id, "Rui keeps his profile and his cookie");
     assert_eq!(rui_now.identifiers.len(), 2);
 }
+
+#[tokio::test]
+async fn a_customer_base_is_imported_deduplicating_as_it_goes() {
+    let (_server, mut client) = spawn_app().await;
+    let record = |ids: Vec<pb::Identifier>, given: &str| pb::ImportProfilesRequest {
+        identifiers: ids,
+        attributes: Some(pb::ProfileAttributes {
+            name: Some(pb::PersonName { given_name: given.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        acquisition: Some(pb::Acquisition { campaign: "legacy-crm".into(), ..Default::default() }),
+        source_key: String::new(),
+    };
+    let records = vec![
+        record(vec![id(IdentifierType::Email, "ana@correo.es")], "Ana"),
+        record(vec![id(IdentifierType::Email, "rui@correio.pt")], "Rui"),
+        record(vec![id(IdentifierType::Email, "ANA@correo.es"), id(IdentifierType::Phone, "612345678")], "Ana"),
+        record(vec![id(IdentifierType::Email, "not-an-email")], "Bad"),
+        record(vec![], "Nobody"),
+    ];
+    let counts = client.import_profiles(futures::stream::iter(records)).await.unwrap().into_inner();
+    assert_eq!((counts.created_count, counts.linked_count, counts.review_count, counts.rejected_count), (2, 1, 0, 2));
+    let all = client.list_profiles(pb::ListProfilesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.profiles.len(), 2);
+    assert!(all.profiles.iter().all(|p| p.acquisition.as_ref().unwrap().campaign == "legacy-crm"));
+}
