@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(ProfileTables),
             Box::new(ProfileSearchAndStatus),
             Box::new(MergeTables),
+            Box::new(MatchingTables),
         ]
     }
 }
@@ -180,6 +181,106 @@ impl MigrationTrait for MergeTables {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for t in ["profile_journal", "merges"] {
+            manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Probabilistic matching: blocking keys per profile, versions of the
+/// trained matcher, the review queue, pairs operators said never match,
+/// and the explanation of every decision.
+pub struct MatchingTables;
+
+impl MigrationName for MatchingTables {
+    fn name(&self) -> &str {
+        "m20261122_000004_matching"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for MatchingTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("blocking_keys")
+                    .col(ColumnDef::new("key").string().not_null())
+                    .col(ColumnDef::new("profile_id").string().not_null())
+                    .primary_key(Index::create().col("key").col("profile_id"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create().name("blocking_keys_profile").table("blocking_keys").col("profile_id").to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("matcher_models")
+                    .col(ColumnDef::new("version").big_integer().not_null().primary_key())
+                    .col(ColumnDef::new("created_at_us").big_integer().not_null())
+                    .col(ColumnDef::new("converged").boolean().not_null())
+                    .col(ColumnDef::new("iterations").integer().not_null())
+                    .col(ColumnDef::new("pair_count").big_integer().not_null())
+                    .col(ColumnDef::new("active").boolean().not_null())
+                    .col(ColumnDef::new("model").blob().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("review_items")
+                    .col(ColumnDef::new("id").string().not_null().primary_key())
+                    .col(ColumnDef::new("profile_id").string().not_null())
+                    .col(ColumnDef::new("candidate_profile_id").string().not_null())
+                    .col(ColumnDef::new("status").integer().not_null())
+                    .col(ColumnDef::new("explanation").blob().not_null())
+                    .col(ColumnDef::new("created_at_us").big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create().name("review_items_open").table("review_items").col("status").col("id").to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("never_match")
+                    .col(ColumnDef::new("low_id").string().not_null())
+                    .col(ColumnDef::new("high_id").string().not_null())
+                    .primary_key(Index::create().col("low_id").col("high_id"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("match_decisions")
+                    .col(ColumnDef::new("id").string().not_null().primary_key())
+                    .col(ColumnDef::new("sequence").big_integer().not_null())
+                    .col(ColumnDef::new("profile_id").string().not_null())
+                    .col(ColumnDef::new("method").integer().not_null())
+                    .col(ColumnDef::new("explanation").blob().not_null())
+                    .col(ColumnDef::new("created_at_us").big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create().name("match_decisions_profile").table("match_decisions").col("profile_id").to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for t in ["match_decisions", "never_match", "review_items", "matcher_models", "blocking_keys"] {
             manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
         Ok(())

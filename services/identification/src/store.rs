@@ -15,8 +15,8 @@ use crm_runtime::{
 };
 use prost::Message;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
 };
 
 use crate::{
@@ -365,9 +365,48 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
         }
     };
     let subject = response.profile.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+    record_decision(&tx, &subject, response.sequence, response.explanation.as_ref()).await?;
     idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &subject, &response).await?;
     tx.commit().await?;
     Ok(response)
+}
+
+/// Keep the explanation of a resolve's decision with the profile it chose.
+pub(crate) async fn record_decision(
+    tx: &WriteTxn,
+    profile_id: &str,
+    sequence: i64,
+    explanation: Option<&MatchExplanation>,
+) -> Result<(), DbErr> {
+    let explanation = explanation.cloned().unwrap_or_default();
+    tx.execute_raw(tx.stmt(
+        "INSERT INTO match_decisions (id, sequence, profile_id, method, explanation, created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+        vec![
+            new_id().into(),
+            sequence.into(),
+            profile_id.into(),
+            explanation.method.into(),
+            explanation.encode_to_vec().into(),
+            now().timestamp_micros().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Delete what matching holds about an erased profile.
+async fn forget_matching(tx: &WriteTxn, profile_id: &str) -> Result<(), DbErr> {
+    for sql in [
+        "DELETE FROM match_decisions WHERE profile_id = ?",
+        "DELETE FROM blocking_keys WHERE profile_id = ?",
+        "DELETE FROM review_items WHERE profile_id = ? OR candidate_profile_id = ?",
+        "DELETE FROM never_match WHERE low_id = ? OR high_id = ?",
+    ] {
+        let values =
+            if sql.contains(" OR ") { vec![profile_id.into(), profile_id.into()] } else { vec![profile_id.into()] };
+        tx.execute_raw(tx.stmt(sql, values)).await?;
+    }
+    Ok(())
 }
 
 pub(crate) fn event(sequence: i64, at: chrono::DateTime<chrono::Utc>, profile_id: &str, kind: Kind) -> ProfileEvent {
@@ -716,6 +755,7 @@ pub async fn erase_profile(
         identifiers::Entity::delete_many().filter(identifiers::Column::ProfileId.eq(pid.as_str())).exec(&*tx).await?;
         idempotency::forget_subject(&tx, pid).await?;
         crate::merges::forget(&tx, pid).await?;
+        forget_matching(&tx, pid).await?;
         let row = profiles::Entity::find_by_id(pid.clone())
             .one(&*tx)
             .await?

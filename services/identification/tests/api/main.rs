@@ -464,9 +464,13 @@ async fn an_erased_person_is_gone_from_every_table_but_the_tombstone_remains() {
     // Query the store itself: no personal value anywhere, the tombstone stays.
     let store = crm_runtime::db::Store::connect(&server.db().url, 2).await.unwrap();
     let needles = ["Marta", "Puig", "marta.puig@correu.cat", "+34655123456", "ca-ES"];
-    for (table, column) in
-        [("profiles", "body"), ("identifiers", "value"), ("event_log", "payload"), ("idempotency_keys", "response")]
-    {
+    for (table, column) in [
+        ("profiles", "body"),
+        ("identifiers", "value"),
+        ("event_log", "payload"),
+        ("idempotency_keys", "response"),
+        ("match_decisions", "explanation"),
+    ] {
         let rows = sea_orm::ConnectionTrait::query_all_raw(
             store.conn(),
             store.stmt(&format!("SELECT {column} FROM {table} WHERE {column} IS NOT NULL"), vec![]),
@@ -813,4 +817,32 @@ async fn a_customer_base_is_imported_deduplicating_as_it_goes() {
     let all = client.list_profiles(pb::ListProfilesRequest::default()).await.unwrap().into_inner();
     assert_eq!(all.profiles.len(), 2);
     assert!(all.profiles.iter().all(|p| p.acquisition.as_ref().unwrap().campaign == "legacy-crm"));
+}
+
+#[tokio::test]
+async fn every_decision_is_stored_with_its_explanation() {
+    let (server, mut client) = spawn_app().await;
+    let created = client.resolve_identity(person("ana@correo.es", "Ana", "García")).await.unwrap().into_inner();
+    let linked =
+        client.resolve_identity(resolve(vec![id(IdentifierType::Email, "ana@correo.es")])).await.unwrap().into_inner();
+    let pid = created.profile.unwrap().id;
+    let store = crm_runtime::db::Store::connect(&server.db().url, 2).await.unwrap();
+    let rows = sea_orm::ConnectionTrait::query_all_raw(
+        store.conn(),
+        store.stmt(
+            "SELECT method, explanation FROM match_decisions WHERE profile_id = ? ORDER BY created_at_us",
+            vec![pid.into()],
+        ),
+    )
+    .await
+    .unwrap();
+    let stored: Vec<pb::MatchExplanation> = rows
+        .iter()
+        .map(|r| {
+            use prost::Message;
+            pb::MatchExplanation::decode(r.try_get_by_index::<Vec<u8>>(1).unwrap().as_slice()).unwrap()
+        })
+        .collect();
+    assert_eq!(stored, vec![created.explanation.unwrap(), linked.explanation.unwrap()]);
+    assert_eq!(stored[1].method, MatchMethod::Deterministic as i32);
 }
