@@ -1,5 +1,13 @@
-//! Pure interaction logic: exact order arithmetic. No I/O. (The limits on
-//! lines are contract rules shared with the gateway: `crm_runtime::validate::order`.)
+//! Pure interaction logic, no I/O: exact order arithmetic (here and in
+//! `returns`), the voice-of-the-customer analyses (`voice`), complaint
+//! states and defection causes (`complaints`), and the contact decision
+//! (`contact`). (The limits on order lines are contract rules shared with
+//! the gateway: `crm_runtime::validate::order`.)
+
+pub mod complaints;
+pub mod contact;
+pub mod returns;
+pub mod voice;
 
 /// One line as the arithmetic sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,21 @@
 //! The interaction store: sea-orm entities and the queries and write
 //! transactions of every RPC. Each row keeps its indexed columns beside the
-//! full record (`body`, the encoded message).
+//! full record (`body`, the encoded message). Every write runs in one
+//! transaction: claim the idempotency key, do the work, append its event,
+//! store the response, commit; it returns the event's sequence.
+//!
+//! Interactions and purchases are here; returns, the voice of the customer,
+//! complaints and defections, and consent and contact policy have a module
+//! each.
+
+mod complaints;
+mod consent;
+mod returns;
+mod voice;
 
 use chrono::{DateTime, Utc};
 use crm_proto::{
-    common::v1::Money,
+    common::v1::{Channel, Money},
     interaction::v1::{self as pb, InteractionEvent, interaction_event::Kind},
 };
 use crm_runtime::{
@@ -15,8 +26,17 @@ use crm_runtime::{
     time::{now, to_timestamp},
 };
 use prost::Message;
-use sea_orm::{ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
 
+pub use self::{
+    complaints::{analyze_defection_causes, record_complaint, record_defection, update_complaint},
+    consent::{evaluate_contact, get_contact_policy, list_consents, record_consent, update_contact_policy},
+    returns::{order_returns, record_return},
+    voice::{analyze_perceived_value, analyze_satisfaction, record_survey_response},
+};
 use crate::conversions::{NewInteraction, NewPurchase, TimelineQuery, timeline_token};
 
 /// Interactions (the timeline).
@@ -38,6 +58,7 @@ pub mod interactions {
         pub order_id: Option<String>,
         pub sequence: i64,
         pub body: Vec<u8>,
+        pub purpose: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -118,7 +139,81 @@ fn interaction_row(i: &pb::Interaction, occurred_at_us: i64) -> interactions::Ac
         order_id: Set((!i.order_id.is_empty()).then(|| i.order_id.clone())),
         sequence: Set(i.sequence),
         body: Set(i.encode_to_vec()),
+        purpose: Set(i.purpose),
     }
+}
+
+/// A new interaction that a recorded fact puts on the customer's timeline
+/// (a return, a survey response, a complaint, a defection): inbound, no
+/// thread, no attributes.
+fn fact_interaction(
+    customer_id: &str,
+    channel: Channel,
+    kind: pb::InteractionType,
+    occurred_at: DateTime<Utc>,
+    recorded: DateTime<Utc>,
+) -> pb::Interaction {
+    pb::Interaction {
+        id: new_id(),
+        customer_id: customer_id.to_owned(),
+        channel: channel as i32,
+        direction: pb::Direction::Inbound as i32,
+        r#type: kind as i32,
+        occur_time: Some(to_timestamp(occurred_at)),
+        record_time: Some(to_timestamp(recorded)),
+        thread_id: String::new(),
+        attributes: Default::default(),
+        purpose: 0,
+        order_id: String::new(),
+        sequence: 0,
+    }
+}
+
+/// Append an event of `kind` about `customer_id` (for facts without a
+/// timeline interaction); returns its sequence.
+async fn append_event(
+    tx: &mut WriteTxn,
+    customer_id: &str,
+    recorded: DateTime<Utc>,
+    kind: Kind,
+) -> Result<i64, RuntimeError> {
+    let (sequence, _) = tx
+        .append_with(customer_id, |seq| InteractionEvent {
+            sequence: seq,
+            occur_time: Some(to_timestamp(recorded)),
+            customer_id: customer_id.to_owned(),
+            kind: Some(kind),
+        })
+        .await?;
+    Ok(sequence)
+}
+
+/// Roll `tx` back and answer `err` (a refusal decided inside the write).
+async fn refuse<T>(tx: WriteTxn, err: RuntimeError) -> Result<T, RuntimeError> {
+    tx.rollback().await?;
+    Err(err)
+}
+
+/// On PostgreSQL, lock row `id` of `table` until `tx` ends, so that a
+/// check-then-write on it cannot interleave with another (SQLite already
+/// runs one writer at a time).
+async fn lock_row(tx: &WriteTxn, table: &'static str, id: &str) -> Result<(), DbErr> {
+    if tx.get_database_backend() == DatabaseBackend::Postgres {
+        tx.execute_raw(tx.stmt(&format!("SELECT id FROM {table} WHERE id = ? FOR UPDATE"), vec![id.into()])).await?;
+    }
+    Ok(())
+}
+
+/// On PostgreSQL, serialise the writes that decide on one customer's
+/// contacts (outbound contacts checked against the weekly cap, policy
+/// updates) with a transaction-scoped advisory lock; a customer may have no
+/// row to lock yet. SQLite already runs one writer at a time.
+async fn lock_customer_contacts(tx: &WriteTxn, customer_id: &str) -> Result<(), DbErr> {
+    if tx.get_database_backend() == DatabaseBackend::Postgres {
+        let key = idempotency::fingerprint(format!("contacts:{customer_id}").as_bytes());
+        tx.execute_raw(tx.stmt("SELECT pg_advisory_xact_lock(?)", vec![key.into()])).await?;
+    }
+    Ok(())
 }
 
 /// Append the event that records `interaction` (made by `kind` from the
@@ -147,7 +242,11 @@ async fn append_interaction(
     Ok(sequence)
 }
 
-/// Record one interaction, idempotently; returns it with its sequence.
+/// Record one interaction, idempotently; returns it with its sequence. An
+/// outbound contact with a purpose is first decided as EvaluateContact
+/// would, inside this transaction (with the customer's contacts
+/// serialised, so concurrent contacts cannot overrun the weekly cap), and
+/// refused with FAILED_PRECONDITION and the reason when denied.
 pub async fn record_interaction(
     store: &Store,
     cmd: NewInteraction,
@@ -157,6 +256,15 @@ pub async fn record_interaction(
     if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
         tx.rollback().await?;
         return Ok(r);
+    }
+    if cmd.direction == pb::Direction::Outbound && cmd.purpose != pb::Purpose::Unspecified {
+        lock_customer_contacts(&tx, &cmd.customer_id).await?;
+        let contact =
+            crate::domain::contact::ContactRequest { channel: cmd.channel, purpose: cmd.purpose, at: cmd.occurred_at };
+        let decision = consent::decide(&*tx, &cmd.customer_id, &contact).await?;
+        if !decision.allowed {
+            return refuse(tx, RuntimeError::FailedPrecondition(format!("contact refused: {}", decision.reason))).await;
+        }
     }
     let recorded = now();
     let mut interaction = pb::Interaction {
@@ -266,8 +374,13 @@ pub async fn get_interaction(store: &Store, id: &str) -> Result<pb::Interaction,
 
 /// One order by id.
 pub async fn get_order(store: &Store, id: &str) -> Result<pb::Order, RuntimeError> {
+    find_order(store.conn(), id).await
+}
+
+/// One order by id, read through `c` (the pool or a write transaction).
+async fn find_order<C: ConnectionTrait>(c: &C, id: &str) -> Result<pb::Order, RuntimeError> {
     let row = orders::Entity::find_by_id(id.to_owned())
-        .one(store.conn())
+        .one(c)
         .await?
         .ok_or_else(|| RuntimeError::NotFound { resource: "order", id: id.to_owned() })?;
     let mut order: pb::Order = decode(&row.body, "order")?;

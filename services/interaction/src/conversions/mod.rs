@@ -1,11 +1,19 @@
 //! Protobuf ↔ domain, in one place: requests are validated while they are
-//! converted, so handlers only ever see well-formed commands.
+//! converted, so handlers only ever see well-formed commands. Field
+//! violations name the field by its path in the request. Interactions and
+//! purchases are here; returns, the voice of the customer, complaints and
+//! defections, and consent and contact policy have a module each.
+
+mod complaints;
+mod consent;
+mod returns;
+mod voice;
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use crm_proto::{
-    common::v1::{Channel, TraitValue},
+    common::v1::{Channel, Interval, TraitValue},
     interaction::v1 as pb,
 };
 use crm_runtime::{
@@ -15,14 +23,79 @@ use crm_runtime::{
 };
 use prost::Message;
 
+pub use self::{
+    complaints::{ComplaintUpdate, DefectionQuery, NewComplaint, NewDefection},
+    consent::{ConsentPage, ContactQuery, NewConsent, PolicyUpdate, consent_token, default_policy, policy_from_pb},
+    returns::NewReturn,
+    voice::{AnalysisQuery, NewSurveyResponse, interval as bucket_interval},
+};
 use crate::domain::{self, Line};
 
 /// Longest thread id.
 const MAX_THREAD_ID: usize = 128;
+/// Longest free text (descriptions, notes, comments).
+pub const MAX_LONG_TEXT: usize = 4096;
+/// Longest category, segment tag or other short code.
+pub const MAX_CODE: usize = 64;
 
 /// How far in the future an occurrence may be (clock skew).
 fn max_future() -> Duration {
     Duration::hours(24)
+}
+
+/// The fingerprint of a request with a free attribute map: protobuf encodes
+/// a map in its iteration order, which differs between two equal maps, so
+/// the entries are added sorted by key (a request with at most one entry
+/// keeps its plain encoding).
+fn fingerprint_with_attributes<M: Message + Clone>(
+    req: &M,
+    attributes: &HashMap<String, TraitValue>,
+    without_attributes: impl FnOnce(&mut M),
+) -> i64 {
+    if attributes.len() <= 1 {
+        return fingerprint(&req.encode_to_vec());
+    }
+    let mut bare = req.clone();
+    without_attributes(&mut bare);
+    let mut bytes = bare.encode_to_vec();
+    let mut entries: Vec<_> = attributes.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, value) in entries {
+        let value = value.encode_to_vec();
+        bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&value);
+    }
+    fingerprint(&bytes)
+}
+
+/// An optional period `field` (`Interval`): each end a valid instant if
+/// set, start not after end. `required` asks for both ends.
+pub(crate) fn period(
+    v: &mut FieldViolations,
+    field: &str,
+    p: Option<&Interval>,
+    required: bool,
+) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let Some(p) = p else {
+        if required {
+            v.add(field, "required");
+        }
+        return (None, None);
+    };
+    let start_field = format!("{field}.start_time");
+    let end_field = format!("{field}.end_time");
+    let start = validate::timestamp(v, &start_field, p.start_time.as_ref());
+    let end = validate::timestamp(v, &end_field, p.end_time.as_ref());
+    if required {
+        v.require(p.start_time.is_some(), start_field, "required");
+        v.require(p.end_time.is_some(), end_field, "required");
+    }
+    if let (Some(s), Some(e)) = (start, end) {
+        v.require(s <= e, field, "start_time must not be after end_time");
+    }
+    (start, end)
 }
 
 /// A validated RecordInteraction.
@@ -50,7 +123,8 @@ pub struct NewInteraction {
     pub fingerprint: i64,
 }
 
-fn occurred_at(v: &mut FieldViolations, field: &str, t: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
+/// When something happened: `t`, or now if unset; at most a day ahead.
+pub(crate) fn occurred_at(v: &mut FieldViolations, field: &str, t: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
     let now = time::now();
     match validate::timestamp(v, field, t) {
         Some(at) if at > now + max_future() => {
@@ -66,7 +140,7 @@ impl TryFrom<pb::RecordInteractionRequest> for NewInteraction {
     type Error = RuntimeError;
 
     fn try_from(req: pb::RecordInteractionRequest) -> Result<Self, RuntimeError> {
-        let fp = fingerprint(&req.encode_to_vec());
+        let fp = fingerprint_with_attributes(&req, &req.attributes, |r| r.attributes.clear());
         let mut v = FieldViolations::new();
         validate::id(&mut v, "customer_id", &req.customer_id);
         let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, true);
@@ -131,7 +205,7 @@ impl TryFrom<pb::RecordPurchaseRequest> for NewPurchase {
     type Error = RuntimeError;
 
     fn try_from(req: pb::RecordPurchaseRequest) -> Result<Self, RuntimeError> {
-        let fp = fingerprint(&req.encode_to_vec());
+        let fp = fingerprint_with_attributes(&req, &req.attributes, |r| r.attributes.clear());
         let mut v = FieldViolations::new();
         validate::id(&mut v, "customer_id", &req.customer_id);
         let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, true);
@@ -209,16 +283,8 @@ impl TryFrom<pb::ListInteractionsRequest> for TimelineQuery {
         });
         let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, false);
         let kind = validate::enumeration::<pb::InteractionType>(&mut v, "type", req.r#type, false);
-        let (mut from_us, mut until_us) = (None, None);
-        if let Some(p) = &req.period {
-            from_us =
-                validate::timestamp(&mut v, "period.start_time", p.start_time.as_ref()).map(|t| t.timestamp_micros());
-            until_us =
-                validate::timestamp(&mut v, "period.end_time", p.end_time.as_ref()).map(|t| t.timestamp_micros());
-            if let (Some(f), Some(u)) = (from_us, until_us) {
-                v.require(f <= u, "period", "start_time must not be after end_time");
-            }
-        }
+        let (from, until) = period(&mut v, "period", req.period.as_ref(), false);
+        let (from_us, until_us) = (from.map(|t| t.timestamp_micros()), until.map(|t| t.timestamp_micros()));
         validate::text(&mut v, "thread_id", &req.thread_id, MAX_THREAD_ID, false);
         v.finish()?;
         Ok(TimelineQuery {
