@@ -11,7 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out.join("crm_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().generate_default_stubs(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // Ordered maps encode deterministically: equal requests give equal
+        // bytes, which idempotency fingerprints rely on.
+        .btree_map(".")
+        .generate_default_stubs(true)
+        .compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -2,7 +2,7 @@
 //! converted, so handlers only ever see well-formed commands. Violations
 //! name fields by their path in the request (`offer.channels[2]`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use crm_proto::{
@@ -176,10 +176,10 @@ pub struct NextBestOffersQuery {
     pub at: DateTime<Utc>,
     /// Context of the moment: bounded and accepted, not yet used (context
     /// weights arrive with the learned ranking).
-    pub context: HashMap<String, String>,
+    pub context: BTreeMap<String, String>,
 }
 
-fn context(v: &mut FieldViolations, field: &str, map: &HashMap<String, String>) {
+fn context(v: &mut FieldViolations, field: &str, map: &BTreeMap<String, String>) {
     if map.len() > validate::MAX_ATTRIBUTES {
         v.add(field, format!("at most {} entries", validate::MAX_ATTRIBUTES));
         return;

@@ -135,6 +135,26 @@ mod tests {
     }
 
     #[test]
+    fn equal_requests_with_maps_fingerprint_equally() {
+        use crm_proto::{
+            common::v1::{TraitValue, trait_value::Kind},
+            interaction::v1::RecordInteractionRequest,
+        };
+        use prost::Message;
+        let value = |i: i64| TraitValue { kind: Some(Kind::IntValue(i)) };
+        let keys: Vec<String> = (0..32).map(|i| format!("key-{i}")).collect();
+        let mut forward = RecordInteractionRequest::default();
+        for (i, k) in keys.iter().enumerate() {
+            forward.attributes.insert(k.clone(), value(i as i64));
+        }
+        let mut backward = RecordInteractionRequest::default();
+        for (i, k) in keys.iter().enumerate().rev() {
+            backward.attributes.insert(k.clone(), value(i as i64));
+        }
+        assert_eq!(fingerprint(&forward.encode_to_vec()), fingerprint(&backward.encode_to_vec()));
+    }
+
+    #[test]
     fn request_ids_are_bounded() {
         let mut v = FieldViolations::new();
         check_request_id(&mut v, &"x".repeat(129));

@@ -1,7 +1,7 @@
 //! Request validation shared by every service: ids, enums, bounded text,
 //! timestamps and free attribute maps, each failure a field violation.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use crm_proto::common::v1::{TraitValue, trait_value};
@@ -85,7 +85,7 @@ pub fn timestamp(
 }
 
 /// A free attribute map: bounded size, keys `[A-Za-z0-9_.:-]`, bounded values.
-pub fn attributes(v: &mut FieldViolations, field: &str, map: &HashMap<String, TraitValue>) {
+pub fn attributes(v: &mut FieldViolations, field: &str, map: &BTreeMap<String, TraitValue>) {
     if map.len() > MAX_ATTRIBUTES {
         v.add(field, format!("at most {MAX_ATTRIBUTES} entries"));
         return;
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn attributes_are_bounded() {
         let mut v = FieldViolations::new();
-        let mut m = HashMap::new();
+        let mut m = BTreeMap::new();
         m.insert("ok_key".to_owned(), TraitValue { kind: Some(trait_value::Kind::IntValue(1)) });
         attributes(&mut v, "attributes", &m);
         assert!(v.is_empty());

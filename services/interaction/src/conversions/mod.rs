@@ -9,7 +9,7 @@ mod consent;
 mod returns;
 mod voice;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use crm_proto::{
@@ -41,33 +41,6 @@ pub const MAX_CODE: usize = 64;
 /// How far in the future an occurrence may be (clock skew).
 fn max_future() -> Duration {
     Duration::hours(24)
-}
-
-/// The fingerprint of a request with a free attribute map: protobuf encodes
-/// a map in its iteration order, which differs between two equal maps, so
-/// the entries are added sorted by key (a request with at most one entry
-/// keeps its plain encoding).
-fn fingerprint_with_attributes<M: Message + Clone>(
-    req: &M,
-    attributes: &HashMap<String, TraitValue>,
-    without_attributes: impl FnOnce(&mut M),
-) -> i64 {
-    if attributes.len() <= 1 {
-        return fingerprint(&req.encode_to_vec());
-    }
-    let mut bare = req.clone();
-    without_attributes(&mut bare);
-    let mut bytes = bare.encode_to_vec();
-    let mut entries: Vec<_> = attributes.iter().collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
-    for (key, value) in entries {
-        let value = value.encode_to_vec();
-        bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(key.as_bytes());
-        bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&value);
-    }
-    fingerprint(&bytes)
 }
 
 /// An optional period `field` (`Interval`): each end a valid instant if
@@ -114,7 +87,7 @@ pub struct NewInteraction {
     /// Thread.
     pub thread_id: String,
     /// Attributes.
-    pub attributes: HashMap<String, TraitValue>,
+    pub attributes: BTreeMap<String, TraitValue>,
     /// Purpose.
     pub purpose: pb::Purpose,
     /// Idempotency key.
@@ -140,7 +113,7 @@ impl TryFrom<pb::RecordInteractionRequest> for NewInteraction {
     type Error = RuntimeError;
 
     fn try_from(req: pb::RecordInteractionRequest) -> Result<Self, RuntimeError> {
-        let fp = fingerprint_with_attributes(&req, &req.attributes, |r| r.attributes.clear());
+        let fp = fingerprint(&req.encode_to_vec());
         let mut v = FieldViolations::new();
         validate::id(&mut v, "customer_id", &req.customer_id);
         let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, true);
@@ -194,7 +167,7 @@ pub struct NewPurchase {
     /// Thread.
     pub thread_id: String,
     /// Attributes.
-    pub attributes: HashMap<String, TraitValue>,
+    pub attributes: BTreeMap<String, TraitValue>,
     /// Idempotency key.
     pub request_id: String,
     /// Fingerprint of the request.
@@ -205,7 +178,7 @@ impl TryFrom<pb::RecordPurchaseRequest> for NewPurchase {
     type Error = RuntimeError;
 
     fn try_from(req: pb::RecordPurchaseRequest) -> Result<Self, RuntimeError> {
-        let fp = fingerprint_with_attributes(&req, &req.attributes, |r| r.attributes.clear());
+        let fp = fingerprint(&req.encode_to_vec());
         let mut v = FieldViolations::new();
         validate::id(&mut v, "customer_id", &req.customer_id);
         let channel = validate::enumeration::<Channel>(&mut v, "channel", req.channel, true);

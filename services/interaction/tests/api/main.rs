@@ -232,7 +232,7 @@ async fn invalid_input_gets_field_violations() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(fields(&err), ["channel", "customer_id", "purpose", "thread_id", "type"]);
 
-    let mut attrs = std::collections::HashMap::new();
+    let mut attrs = std::collections::BTreeMap::new();
     attrs.insert("bad key".to_owned(), TraitValue { kind: Some(trait_value::Kind::IntValue(1)) });
     let mut req = visit(&new_id(), 0);
     req.attributes = attrs;

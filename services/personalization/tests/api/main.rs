@@ -2,7 +2,7 @@
 //! real store (SQLite, or PostgreSQL when `CRM_TEST_DATABASE_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crm_proto::{
     common::v1::{Channel, FeedSequences, Money},
@@ -297,7 +297,7 @@ async fn invalid_reads_get_field_violations() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(fields(&err), ["page_size", "page_token", "state"]);
 
-    let mut context = HashMap::new();
+    let mut context = BTreeMap::new();
     context.insert("bad key".to_owned(), "v".to_owned());
     context.insert("page".to_owned(), "home\u{1b}[2J".to_owned());
     context.insert("intent".to_owned(), "i".repeat(10_000));
