@@ -48,9 +48,11 @@ impl Suite {
             start(ServiceKind::Identification, s, sd)
         })
         .await;
-        let interaction = TestServer::start(ServiceKind::Interaction, Peers::default(), |s, sd| {
-            start(ServiceKind::Interaction, s, sd)
-        })
+        let interaction = TestServer::start(
+            ServiceKind::Interaction,
+            Peers { identification: Some(identification.url()), ..Default::default() },
+            |s, sd| start(ServiceKind::Interaction, s, sd),
+        )
         .await;
         let feeds = Peers {
             identification: Some(identification.url()),

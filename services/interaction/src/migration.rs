@@ -13,7 +13,12 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(crm_runtime::migration::RuntimeTables), Box::new(InteractionTables), Box::new(FactTables)]
+        vec![
+            Box::new(crm_runtime::migration::RuntimeTables),
+            Box::new(InteractionTables),
+            Box::new(FactTables),
+            Box::new(LifecycleTables),
+        ]
     }
 }
 
@@ -345,6 +350,79 @@ impl MigrationTrait for FactTables {
         }
         manager.drop_index(Index::drop().name("interactions_contacts").table("interactions").to_owned()).await?;
         manager.alter_table(Table::alter().table("interactions").drop_column("purpose").to_owned()).await?;
+        Ok(())
+    }
+}
+
+/// What following the identification feed keeps (IN-7): the merges in
+/// force with the merged customer's contact policy set aside, the ledger of
+/// the facts each merge moved, and the non-identifying record of erased
+/// consent.
+pub struct LifecycleTables;
+
+impl MigrationName for LifecycleTables {
+    fn name(&self) -> &str {
+        "m20261124_000001_lifecycle"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for LifecycleTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("customer_merges")
+                    .col(ColumnDef::new("merge_id").string().not_null().primary_key())
+                    .col(ColumnDef::new("surviving_id").string().not_null())
+                    .col(ColumnDef::new("merged_id").string().not_null())
+                    .col(ColumnDef::new("applied_at_us").big_integer().not_null())
+                    // The merged customer's own contact policy, set aside.
+                    .col(ColumnDef::new("policy_version").big_integer().null())
+                    .col(ColumnDef::new("policy_updated_at_us").big_integer().null())
+                    .col(ColumnDef::new("policy_body").blob().null())
+                    // The version the survivor's policy got when it took the
+                    // merged one's (it had none).
+                    .col(ColumnDef::new("adopted_version").big_integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        index(manager, "customer_merges_merged", "customer_merges", &["merged_id"]).await?;
+        index(manager, "customer_merges_surviving", "customer_merges", &["surviving_id"]).await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("merge_facts")
+                    .col(ColumnDef::new("merge_id").string().not_null())
+                    .col(ColumnDef::new("fact_table").string().not_null())
+                    .col(ColumnDef::new("fact_id").string().not_null())
+                    .primary_key(Index::create().col("merge_id").col("fact_table").col("fact_id"))
+                    .to_owned(),
+            )
+            .await?;
+        index(manager, "merge_facts_fact", "merge_facts", &["fact_table", "fact_id"]).await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("consent_archive")
+                    .col(ColumnDef::new("id").string().not_null().primary_key())
+                    .col(ColumnDef::new("channel").integer().not_null())
+                    .col(ColumnDef::new("purpose").integer().not_null())
+                    .col(ColumnDef::new("state").integer().not_null())
+                    .col(ColumnDef::new("lawful_basis").integer().not_null())
+                    .col(ColumnDef::new("recorded_day").big_integer().not_null())
+                    .col(ColumnDef::new("expires_day").big_integer().null())
+                    .col(ColumnDef::new("erased_day").big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for t in ["consent_archive", "merge_facts", "customer_merges"] {
+            manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
+        }
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use tonic::{Code, Request, transport::Channel as GrpcChannel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 struct App {
+    _identification: TestServer,
     _interaction: TestServer,
     _differentiation: TestServer,
     interactions: InteractionServiceClient<GrpcChannel>,
@@ -27,10 +28,14 @@ struct App {
 }
 
 async fn spawn_app() -> App {
-    let interaction = TestServer::start(ServiceKind::Interaction, Peers::default(), |s, sd| async move {
-        crm_interaction::start(&s, sd).await
+    let identification = TestServer::start(ServiceKind::Identification, Peers::default(), |s, sd| async move {
+        crm_identification::start(&s, sd).await
     })
     .await;
+    let peers = Peers { identification: Some(identification.url()), ..Default::default() };
+    let interaction =
+        TestServer::start(ServiceKind::Interaction, peers, |s, sd| async move { crm_interaction::start(&s, sd).await })
+            .await;
     let peers = Peers { interaction: Some(interaction.url()), ..Default::default() };
     let differentiation = TestServer::start(ServiceKind::Differentiation, peers, |s, sd| async move {
         crm_differentiation::start(&s, sd).await
@@ -39,6 +44,7 @@ async fn spawn_app() -> App {
     App {
         interactions: InteractionServiceClient::new(interaction.channel()),
         values: DifferentiationServiceClient::new(differentiation.channel()),
+        _identification: identification,
         _interaction: interaction,
         _differentiation: differentiation,
     }

@@ -1,11 +1,13 @@
 //! Pure interaction logic, no I/O: exact order arithmetic (here and in
 //! `returns`), the voice-of-the-customer analyses (`voice`), complaint
-//! states and defection causes (`complaints`), and the contact decision
-//! (`contact`). (The limits on order lines are contract rules shared with
+//! states and defection causes (`complaints`), the contact decision
+//! (`contact`), and what an erasure keeps and how a re-key is announced
+//! (`lifecycle`). (The limits on order lines are contract rules shared with
 //! the gateway: `crm_runtime::validate::order`.)
 
 pub mod complaints;
 pub mod contact;
+pub mod lifecycle;
 pub mod returns;
 pub mod voice;
 

@@ -10,10 +10,9 @@ use crm_runtime::{
     ids::new_id,
     time::{now, to_timestamp},
 };
-use prost::Message;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, IntoActiveModel, Value};
 
-use super::{append_event, append_interaction, decode, fact_interaction, lock_row, refuse};
+use super::{append_event, append_interaction, body, decode, fact_interaction, lifecycle, lock_row, refuse};
 use crate::{
     conversions::{ComplaintUpdate, DefectionQuery, NewComplaint, NewDefection},
     domain::complaints::{self, CauseCount},
@@ -77,10 +76,13 @@ pub async fn record_complaint(store: &Store, cmd: NewComplaint) -> Result<pb::Re
         tx.rollback().await?;
         return Ok(r);
     }
+    let requested = cmd.complaint.customer_id.clone();
+    let holder = lifecycle::write_holder(&tx, &requested).await?;
     let recorded = now();
     let opened_at_us = cmd.opened_at.timestamp_micros();
     let mut complaint = cmd.complaint;
     complaint.id = new_id();
+    complaint.customer_id.clone_from(&holder.id);
     let mut interaction =
         fact_interaction(&complaint.customer_id, cmd.channel, pb::InteractionType::Complaint, cmd.opened_at, recorded);
     let sequence = append_interaction(&mut tx, &mut interaction, recorded, opened_at_us, |i| {
@@ -95,12 +97,14 @@ pub async fn record_complaint(store: &Store, cmd: NewComplaint) -> Result<pb::Re
         opened_at_us: Set(opened_at_us),
         resolved_at_us: Set(None),
         sequence: Set(sequence),
-        body: Set(complaint.encode_to_vec()),
+        body: Set(body(&complaint)),
     })
     .exec_without_returning(&*tx)
     .await?;
+    lifecycle::note_facts(&tx, &holder, "complaints", &[&complaint.id]).await?;
+    lifecycle::note_facts(&tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordComplaintResponse { complaint: Some(complaint), sequence, interaction: Some(interaction) };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &requested, &response).await?;
     tx.commit().await?;
     Ok(response)
 }
@@ -118,6 +122,7 @@ pub async fn update_complaint(
         tx.rollback().await?;
         return Ok(r);
     }
+    lifecycle::lock_shared(&tx).await?;
     lock_row(&tx, "complaints", &cmd.complaint_id).await?;
     let Some(row) = complaints_table::Entity::find_by_id(cmd.complaint_id.clone()).one(&*tx).await? else {
         return refuse(tx, RuntimeError::NotFound { resource: "complaint", id: cmd.complaint_id }).await;
@@ -147,10 +152,11 @@ pub async fn update_complaint(
     active.status = Set(complaint.status);
     active.resolved_at_us = Set(resolved_at_us);
     active.sequence = Set(sequence);
-    active.body = Set(complaint.encode_to_vec());
+    active.body = Set(body(&complaint));
     active.update(&*tx).await?;
+    let subject = complaint.customer_id.clone();
     let response = pb::UpdateComplaintResponse { complaint: Some(complaint), sequence };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &subject, &response).await?;
     tx.commit().await?;
     Ok(response)
 }
@@ -163,10 +169,13 @@ pub async fn record_defection(store: &Store, cmd: NewDefection) -> Result<pb::Re
         tx.rollback().await?;
         return Ok(r);
     }
+    let requested = cmd.defection.customer_id.clone();
+    let holder = lifecycle::write_holder(&tx, &requested).await?;
     let recorded = now();
     let occurred_at_us = cmd.occurred_at.timestamp_micros();
     let mut defection = cmd.defection;
     defection.id = new_id();
+    defection.customer_id.clone_from(&holder.id);
     let mut interaction = fact_interaction(
         &defection.customer_id,
         cmd.channel,
@@ -185,12 +194,14 @@ pub async fn record_defection(store: &Store, cmd: NewDefection) -> Result<pb::Re
         manageable: Set(defection.manageable),
         occurred_at_us: Set(occurred_at_us),
         sequence: Set(sequence),
-        body: Set(defection.encode_to_vec()),
+        body: Set(body(&defection)),
     })
     .exec_without_returning(&*tx)
     .await?;
+    lifecycle::note_facts(&tx, &holder, "defections", &[&defection.id]).await?;
+    lifecycle::note_facts(&tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordDefectionResponse { defection: Some(defection), sequence, interaction: Some(interaction) };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &requested, &response).await?;
     tx.commit().await?;
     Ok(response)
 }

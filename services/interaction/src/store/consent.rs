@@ -13,12 +13,11 @@ use crm_runtime::{
     ids::new_id,
     time::{now, to_timestamp},
 };
-use prost::Message;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::{append_event, decode, interactions, lock_customer_contacts, refuse};
+use super::{append_event, body, decode, interactions, lifecycle, lock_customer_contacts, refuse};
 use crate::{
     conversions::{ConsentPage, ContactQuery, NewConsent, PolicyUpdate, consent_token, default_policy, policy_from_pb},
     domain::contact::{self, ConsentFact, ContactRequest, Decision},
@@ -103,9 +102,12 @@ pub async fn record_consent(store: &Store, cmd: NewConsent) -> Result<pb::Record
         tx.rollback().await?;
         return Ok(r);
     }
+    let requested = cmd.consent.customer_id.clone();
+    let holder = lifecycle::write_holder(&tx, &requested).await?;
     let recorded = now();
     let mut consent = cmd.consent;
     consent.id = new_id();
+    consent.customer_id.clone_from(&holder.id);
     consent.record_time = Some(to_timestamp(recorded));
     let sequence = append_event(
         &mut tx,
@@ -123,12 +125,13 @@ pub async fn record_consent(store: &Store, cmd: NewConsent) -> Result<pb::Record
         recorded_at_us: Set(recorded.timestamp_micros()),
         expires_at_us: Set(cmd.expires_at.map(|t| t.timestamp_micros())),
         sequence: Set(sequence),
-        body: Set(consent.encode_to_vec()),
+        body: Set(body(&consent)),
     })
     .exec_without_returning(&*tx)
     .await?;
+    lifecycle::note_facts(&tx, &holder, "consents", &[&consent.id]).await?;
     let response = pb::RecordConsentResponse { consent: Some(consent), sequence };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &requested, &response).await?;
     tx.commit().await?;
     Ok(response)
 }
@@ -137,7 +140,8 @@ pub async fn record_consent(store: &Store, cmd: NewConsent) -> Result<pb::Record
 /// page's token.
 pub async fn list_consents(store: &Store, q: &ConsentPage) -> Result<(Vec<pb::Consent>, String), RuntimeError> {
     use consents::Column as C;
-    let mut find = consents::Entity::find().filter(C::CustomerId.eq(q.customer_id.as_str()));
+    let customer = lifecycle::holder(store.conn(), &q.customer_id).await?.id;
+    let mut find = consents::Entity::find().filter(C::CustomerId.eq(customer.as_str()));
     if let Some(after) = q.after_sequence {
         find = find.filter(C::Sequence.gt(after));
     }
@@ -167,7 +171,8 @@ async fn load_policy<C: ConnectionTrait>(c: &C, customer_id: &str) -> Result<pb:
 
 /// A customer's contact policy.
 pub async fn get_contact_policy(store: &Store, customer_id: &str) -> Result<pb::ContactPolicy, RuntimeError> {
-    load_policy(store.conn(), customer_id).await
+    let customer = lifecycle::holder(store.conn(), customer_id).await?.id;
+    load_policy(store.conn(), &customer).await
 }
 
 /// Replace a customer's contact policy, idempotently; FAILED_PRECONDITION
@@ -183,7 +188,8 @@ pub async fn update_contact_policy(
         tx.rollback().await?;
         return Ok(r);
     }
-    let customer_id = cmd.policy.customer_id.clone();
+    let requested = cmd.policy.customer_id.clone();
+    let customer_id = lifecycle::write_holder(&tx, &requested).await?.id;
     lock_customer_contacts(&tx, &customer_id).await?;
     let current = contact_policies::Entity::find_by_id(customer_id.clone()).one(&*tx).await?;
     let version = current.as_ref().map_or(0, |r| r.version);
@@ -199,11 +205,12 @@ pub async fn update_contact_policy(
         .await;
     }
     let mut policy = cmd.policy;
+    policy.customer_id.clone_from(&customer_id);
     let row = contact_policies::ActiveModel {
         customer_id: Set(customer_id.clone()),
         version: Set(version + 1),
         updated_at_us: Set(now().timestamp_micros()),
-        body: Set(policy.encode_to_vec()),
+        body: Set(body(&policy)),
     };
     if current.is_some() {
         contact_policies::Entity::update(row).exec(&*tx).await?;
@@ -212,7 +219,7 @@ pub async fn update_contact_policy(
     }
     policy.etag = (version + 1).to_string();
     let response = pb::UpdateContactPolicyResponse { policy: Some(policy) };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &requested, &response).await?;
     tx.commit().await?;
     Ok(response)
 }
@@ -254,6 +261,7 @@ pub(super) async fn decide<C: ConnectionTrait>(
 
 /// EvaluateContact.
 pub async fn evaluate_contact(store: &Store, q: &ContactQuery) -> Result<pb::ContactDecision, RuntimeError> {
-    let d = decide(store.conn(), &q.customer_id, &q.request).await?;
+    let customer = lifecycle::holder(store.conn(), &q.customer_id).await?.id;
+    let d = decide(store.conn(), &customer, &q.request).await?;
     Ok(pb::ContactDecision { allowed: d.allowed, reason: d.reason, consent_id: d.consent_id.unwrap_or_default() })
 }

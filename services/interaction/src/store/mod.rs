@@ -6,10 +6,13 @@
 //!
 //! Interactions and purchases are here; returns, the voice of the customer,
 //! complaints and defections, and consent and contact policy have a module
-//! each.
+//! each; `lifecycle` follows the identification feed (merges, unmerges,
+//! erasures). A write or read for a customer merged away acts on the
+//! survivor while the merge stands (see `lifecycle`).
 
 mod complaints;
 mod consent;
+pub mod lifecycle;
 mod returns;
 mod voice;
 
@@ -34,6 +37,7 @@ use sea_orm::{
 pub use self::{
     complaints::{analyze_defection_causes, record_complaint, record_defection, update_complaint},
     consent::{evaluate_contact, get_contact_policy, list_consents, record_consent, update_contact_policy},
+    lifecycle::IdentityLifecycle,
     returns::{order_returns, record_return},
     voice::{analyze_perceived_value, analyze_satisfaction, record_survey_response},
 };
@@ -117,6 +121,42 @@ pub mod order_lines {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A record stored whole in a `body` column beside its indexed columns.
+trait Stored: Message + Clone {
+    /// Forget whom it is about.
+    fn clear_customer(&mut self);
+}
+
+macro_rules! stored {
+    ($($t:ty),* $(,)?) => {
+        $(impl Stored for $t {
+            fn clear_customer(&mut self) {
+                self.customer_id.clear();
+            }
+        })*
+    };
+}
+
+stored!(
+    pb::Interaction,
+    pb::Order,
+    pb::OrderReturn,
+    pb::SurveyResponse,
+    pb::Complaint,
+    pb::Defection,
+    pb::Consent,
+    pb::ContactPolicy
+);
+
+/// The `body` of a record: the record without its customer id. The
+/// `customer_id` column is authoritative (merges and unmerges move it, and
+/// reads take it from there); an id inside the body would outlive them.
+fn body<M: Stored>(record: &M) -> Vec<u8> {
+    let mut m = record.clone();
+    m.clear_customer();
+    m.encode_to_vec()
+}
+
 fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, RuntimeError> {
     M::decode(bytes).map_err(|e| RuntimeError::Internal(format!("stored {what} undecodable: {e}")))
 }
@@ -138,7 +178,7 @@ fn interaction_row(i: &pb::Interaction, occurred_at_us: i64) -> interactions::Ac
         thread_id: Set(i.thread_id.clone()),
         order_id: Set((!i.order_id.is_empty()).then(|| i.order_id.clone())),
         sequence: Set(i.sequence),
-        body: Set(i.encode_to_vec()),
+        body: Set(body(i)),
         purpose: Set(i.purpose),
     }
 }
@@ -257,11 +297,12 @@ pub async fn record_interaction(
         tx.rollback().await?;
         return Ok(r);
     }
+    let holder = lifecycle::write_holder(&tx, &cmd.customer_id).await?;
     if cmd.direction == pb::Direction::Outbound && cmd.purpose != pb::Purpose::Unspecified {
-        lock_customer_contacts(&tx, &cmd.customer_id).await?;
+        lock_customer_contacts(&tx, &holder.id).await?;
         let contact =
             crate::domain::contact::ContactRequest { channel: cmd.channel, purpose: cmd.purpose, at: cmd.occurred_at };
-        let decision = consent::decide(&*tx, &cmd.customer_id, &contact).await?;
+        let decision = consent::decide(&*tx, &holder.id, &contact).await?;
         if !decision.allowed {
             return refuse(tx, RuntimeError::FailedPrecondition(format!("contact refused: {}", decision.reason))).await;
         }
@@ -269,7 +310,7 @@ pub async fn record_interaction(
     let recorded = now();
     let mut interaction = pb::Interaction {
         id: new_id(),
-        customer_id: cmd.customer_id.clone(),
+        customer_id: holder.id.clone(),
         channel: cmd.channel as i32,
         direction: cmd.direction as i32,
         r#type: cmd.kind as i32,
@@ -285,8 +326,9 @@ pub async fn record_interaction(
         Kind::InteractionRecorded(pb::InteractionRecorded { interaction: Some(i) })
     })
     .await?;
+    lifecycle::note_facts(&tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordInteractionResponse { interaction: Some(interaction), sequence };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &cmd.customer_id, &response).await?;
     tx.commit().await?;
     Ok(response)
 }
@@ -303,11 +345,12 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
         tx.rollback().await?;
         return Ok(r);
     }
+    let holder = lifecycle::write_holder(&tx, &cmd.customer_id).await?;
     let recorded = now();
     let occurred_at_us = cmd.occurred_at.timestamp_micros();
     let order = pb::Order {
         id: new_id(),
-        customer_id: cmd.customer_id.clone(),
+        customer_id: holder.id.clone(),
         order_number: cmd.order_number.clone(),
         currency_code: cmd.currency_code.clone(),
         lines: cmd.lines.clone(),
@@ -319,7 +362,7 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
     };
     let mut interaction = pb::Interaction {
         id: new_id(),
-        customer_id: cmd.customer_id.clone(),
+        customer_id: holder.id.clone(),
         channel: cmd.channel as i32,
         direction: pb::Direction::Inbound as i32,
         r#type: pb::InteractionType::Purchase as i32,
@@ -343,7 +386,7 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
         revenue_minor: Set(cmd.totals.revenue),
         cost_minor: Set(cmd.totals.cost),
         occurred_at_us: Set(occurred_at_us),
-        body: Set(order.encode_to_vec()),
+        body: Set(body(&order)),
     })
     .exec_without_returning(&*tx)
     .await?;
@@ -357,8 +400,10 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
         unit_cost_minor: Set(l.unit_cost_minor),
     });
     order_lines::Entity::insert_many(lines).exec_without_returning(&*tx).await?;
+    lifecycle::note_facts(&tx, &holder, "orders", &[&order.id]).await?;
+    lifecycle::note_facts(&tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordPurchaseResponse { order: Some(order), interaction: Some(interaction), sequence };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &cmd.customer_id, &response).await?;
     tx.commit().await?;
     Ok(response)
 }
@@ -394,7 +439,8 @@ pub async fn list_interactions(
     q: &TimelineQuery,
 ) -> Result<(Vec<pb::Interaction>, String), RuntimeError> {
     use interactions::Column as C;
-    let mut find = interactions::Entity::find().filter(C::CustomerId.eq(q.customer_id.as_str()));
+    let customer = lifecycle::holder(store.conn(), &q.customer_id).await?.id;
+    let mut find = interactions::Entity::find().filter(C::CustomerId.eq(customer.as_str()));
     if let Some(c) = q.channel {
         find = find.filter(C::Channel.eq(c as i32));
     }

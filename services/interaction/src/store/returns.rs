@@ -14,10 +14,9 @@ use crm_runtime::{
     ids::new_id,
     time::{now, to_timestamp},
 };
-use prost::Message;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::{append_interaction, decode, fact_interaction, find_order, lock_row, money, order_lines, refuse};
+use super::{append_interaction, body, decode, fact_interaction, find_order, lock_row, money, order_lines, refuse};
 use crate::{
     conversions::NewReturn,
     domain::{
@@ -96,6 +95,7 @@ pub async fn record_return(store: &Store, cmd: NewReturn) -> Result<pb::RecordRe
         tx.rollback().await?;
         return Ok(r);
     }
+    super::lifecycle::lock_shared(&tx).await?;
     lock_row(&tx, "orders", &cmd.order_id).await?;
     let order = match find_order(&*tx, &cmd.order_id).await {
         Ok(o) => o,
@@ -157,7 +157,7 @@ pub async fn record_return(store: &Store, cmd: NewReturn) -> Result<pb::RecordRe
         customer_id: Set(order.customer_id.clone()),
         occurred_at_us: Set(occurred_at_us),
         sequence: Set(sequence),
-        body: Set(order_return.encode_to_vec()),
+        body: Set(body(&order_return)),
     })
     .exec_without_returning(&*tx)
     .await?;
@@ -172,7 +172,7 @@ pub async fn record_return(store: &Store, cmd: NewReturn) -> Result<pb::RecordRe
     order_return_lines::Entity::insert_many(rows).exec_without_returning(&*tx).await?;
     let response =
         pb::RecordReturnResponse { order_return: Some(order_return), sequence, interaction: Some(interaction) };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &order.customer_id, &response).await?;
     tx.commit().await?;
     Ok(response)
 }

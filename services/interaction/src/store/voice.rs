@@ -16,10 +16,9 @@ use crm_runtime::{
     time::now,
 };
 use futures::StreamExt;
-use prost::Message;
 use sea_orm::{ActiveValue::Set, DbErr, EntityTrait, QueryResult, StreamTrait, Value};
 
-use super::{append_interaction, fact_interaction};
+use super::{append_interaction, body, fact_interaction, lifecycle};
 use crate::{
     conversions::{AnalysisQuery, NewSurveyResponse, bucket_interval},
     domain::voice::{self, DAY_US, SatisfactionSums, ValueSums},
@@ -91,10 +90,13 @@ pub async fn record_survey_response(
         tx.rollback().await?;
         return Ok(r);
     }
+    let requested = cmd.response.customer_id.clone();
+    let holder = lifecycle::write_holder(&tx, &requested).await?;
     let recorded = now();
     let occurred_at_us = cmd.occurred_at.timestamp_micros();
     let mut response = cmd.response;
     response.id = new_id();
+    response.customer_id.clone_from(&holder.id);
     let mut interaction = fact_interaction(
         &response.customer_id,
         cmd.channel,
@@ -119,7 +121,7 @@ pub async fn record_survey_response(
         nps: Set(response.nps),
         csat: Set(response.csat),
         sequence: Set(sequence),
-        body: Set(response.encode_to_vec()),
+        body: Set(body(&response)),
     })
     .exec_without_returning(&*tx)
     .await?;
@@ -134,11 +136,23 @@ pub async fn record_survey_response(
         });
         survey_ratings::Entity::insert_many(rows).exec_without_returning(&*tx).await?;
     }
+    lifecycle::note_facts(&tx, &holder, "survey_responses", &[&response.id]).await?;
+    lifecycle::note_facts(&tx, &holder, "interactions", &[&interaction.id]).await?;
     let response =
         pb::RecordSurveyResponseResponse { response: Some(response), sequence, interaction: Some(interaction) };
-    idempotency::complete(&tx, SCOPE, &cmd.request_id, &response).await?;
+    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &requested, &response).await?;
     tx.commit().await?;
     Ok(response)
+}
+
+/// `q` with its customers replaced by the customers holding their facts
+/// now (a customer merged away is analysed through its survivor).
+async fn with_holders(store: &Store, q: &AnalysisQuery) -> Result<AnalysisQuery, RuntimeError> {
+    let mut q = q.clone();
+    if !q.customer_ids.is_empty() {
+        q.customer_ids = lifecycle::holders(store.conn(), &q.customer_ids).await?;
+    }
+    Ok(q)
 }
 
 /// The `WHERE` clause of an analysis over `survey_responses r`, and its values.
@@ -179,6 +193,7 @@ pub async fn analyze_satisfaction(
     store: &Store,
     q: &AnalysisQuery,
 ) -> Result<Vec<pb::SatisfactionBucket>, RuntimeError> {
+    let q = &with_holders(store, q).await?;
     let (filter, values) = analysis_filter(q);
     let sql = format!(
         "SELECT r.occurred_day, \
@@ -223,6 +238,7 @@ pub async fn analyze_perceived_value(
     store: &Store,
     q: &AnalysisQuery,
 ) -> Result<pb::AnalyzePerceivedValueResponse, RuntimeError> {
+    let q = &with_holders(store, q).await?;
     let (filter, values) = analysis_filter(q);
     let known = "g.competitor_performance >= 0";
     let sql = format!(

@@ -5,6 +5,7 @@
 mod complaints;
 mod consent;
 mod feed;
+mod lifecycle;
 mod migration;
 mod returns;
 mod voice;
@@ -23,13 +24,34 @@ use crm_runtime::{
 use futures::StreamExt;
 use tonic::{Code, transport::Channel as GrpcChannel};
 
-async fn spawn_app() -> (TestServer, InteractionServiceClient<GrpcChannel>) {
-    let server = TestServer::start(ServiceKind::Interaction, Peers::default(), |s, sd| async move {
-        crm_interaction::start(&s, sd).await
+/// An interaction server following a real identification server.
+struct App {
+    /// The identification server whose feed interaction follows.
+    identification: TestServer,
+    /// The interaction server under test.
+    interaction: TestServer,
+}
+
+/// Start an identification server.
+async fn start_identification() -> TestServer {
+    TestServer::start(ServiceKind::Identification, Peers::default(), |s, sd| async move {
+        crm_identification::start(&s, sd).await
     })
-    .await;
-    let client = InteractionServiceClient::new(server.channel());
-    (server, client)
+    .await
+}
+
+/// Start an interaction server following `identification`.
+async fn start_interaction(identification: &TestServer) -> TestServer {
+    let peers = Peers { identification: Some(identification.url()), ..Default::default() };
+    TestServer::start(ServiceKind::Interaction, peers, |s, sd| async move { crm_interaction::start(&s, sd).await })
+        .await
+}
+
+async fn spawn_app() -> (App, InteractionServiceClient<GrpcChannel>) {
+    let identification = start_identification().await;
+    let interaction = start_interaction(&identification).await;
+    let client = InteractionServiceClient::new(interaction.channel());
+    (App { identification, interaction }, client)
 }
 
 fn visit(customer: &str, at_seconds: i64) -> pb::RecordInteractionRequest {

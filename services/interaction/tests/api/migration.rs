@@ -1,5 +1,5 @@
 //! The schema: contacts recorded before the purpose column existed get
-//! their purpose, and the latest migration goes down and up again.
+//! their purpose, and the latest migrations go down and up again.
 
 use crm_interaction::migration::Migrator;
 use crm_runtime::{db::Store, testing::TestDb};
@@ -52,9 +52,16 @@ async fn migrations_backfill_the_purpose_and_go_down_and_up_again() {
     };
     assert_eq!(purpose(&store).await, pb::Purpose::Marketing as i32);
 
-    Migrator::down(store.conn(), Some(1)).await.expect("down");
-    let gone = store.conn().query_one_raw(store.stmt("SELECT COUNT(*) FROM consents", vec![])).await;
-    assert!(gone.is_err(), "the consent table is gone");
+    let count = |table: &'static str| {
+        let stmt = store.stmt(&format!("SELECT COUNT(*) FROM {table}"), vec![]);
+        let conn = store.conn().clone();
+        async move { conn.query_one_raw(stmt).await }
+    };
+    Migrator::down(store.conn(), Some(1)).await.expect("down the lifecycle tables");
+    assert!(count("merge_facts").await.is_err(), "the merge ledger is gone");
+    assert!(count("consents").await.is_ok(), "the facts stay");
+    Migrator::down(store.conn(), Some(1)).await.expect("down the fact tables");
+    assert!(count("consents").await.is_err(), "the consent table is gone");
     let kept = store
         .conn()
         .query_one_raw(store.stmt("SELECT COUNT(*) FROM interactions", vec![]))
