@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     conversions::{IdentifiersCommand, ProfileQuery, ResolveCommand, UpdateCommand},
+    matcher::Matcher,
     store,
 };
 
@@ -25,13 +26,14 @@ pub struct IdentificationApi {
     store: Store,
     shutdown: Shutdown,
     default_region: String,
+    matcher: Matcher,
 }
 
 impl IdentificationApi {
     /// A service over `store`; phones without a country code are read in
     /// `default_region`; feeds end on `shutdown`.
     pub fn new(store: Store, shutdown: Shutdown, default_region: String) -> Self {
-        IdentificationApi { store, shutdown, default_region }
+        IdentificationApi { store, shutdown, default_region, matcher: Matcher::default() }
     }
 }
 
@@ -43,7 +45,7 @@ impl IdentificationService for IdentificationApi {
         request: Request<pb::ResolveIdentityRequest>,
     ) -> Result<Response<pb::ResolveIdentityResponse>, Status> {
         let cmd = ResolveCommand::from_request(request.into_inner(), &self.default_region)?;
-        let response = store::resolve(&self.store, &cmd).await?;
+        let response = store::resolve(&self.store, &self.matcher, &cmd).await?;
         let span = tracing::Span::current();
         span.record("profile_id", response.profile.as_ref().map(|p| p.id.as_str()).unwrap_or_default());
         span.record("created", response.created);
@@ -208,7 +210,7 @@ impl IdentificationService for IdentificationApi {
                 counts.rejected_count += 1;
                 continue;
             };
-            let r = store::resolve(&self.store, &cmd).await?;
+            let r = store::resolve(&self.store, &self.matcher, &cmd).await?;
             if !r.review_item_id.is_empty() {
                 counts.review_count += 1;
             } else if r.created {
@@ -223,6 +225,49 @@ impl IdentificationService for IdentificationApi {
         span.record("review", counts.review_count);
         span.record("rejected", counts.rejected_count);
         Ok(Response::new(counts))
+    }
+
+    async fn train_matcher(
+        &self,
+        request: Request<pb::TrainMatcherRequest>,
+    ) -> Result<Response<pb::TrainMatcherResponse>, Status> {
+        let max_pairs = request.into_inner().max_pairs;
+        let mut v = FieldViolations::new();
+        v.require(max_pairs >= 0, "max_pairs", "must not be negative");
+        v.finish()?;
+        Ok(Response::new(crate::matcher::train(&self.store, &self.matcher, max_pairs).await?))
+    }
+
+    async fn list_review_items(
+        &self,
+        request: Request<pb::ListReviewItemsRequest>,
+    ) -> Result<Response<pb::ListReviewItemsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = FieldViolations::new();
+        let page_size = page::page_size(&mut v, req.page_size);
+        let after = page::decode_token(&mut v, &req.page_token);
+        v.finish()?;
+        let (items, next_page_token) = store::list_review_items(&self.store, page_size, after.as_deref()).await?;
+        Ok(Response::new(pb::ListReviewItemsResponse { items, next_page_token }))
+    }
+
+    #[tracing::instrument(skip_all, fields(review_item_id))]
+    async fn decide_review_item(
+        &self,
+        request: Request<pb::DecideReviewItemRequest>,
+    ) -> Result<Response<pb::DecideReviewItemResponse>, Status> {
+        let req = request.into_inner();
+        let fp = fingerprint(&req.encode_to_vec());
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "review_item_id", &req.review_item_id);
+        let decision = validate::enumeration::<pb::ReviewDecision>(&mut v, "decision", req.decision, true);
+        check_request_id(&mut v, &req.request_id);
+        v.finish()?;
+        tracing::Span::current().record("review_item_id", req.review_item_id.as_str());
+        let accept = decision == Some(pb::ReviewDecision::Accept);
+        Ok(Response::new(
+            store::decide_review_item(&self.store, &req.review_item_id, accept, &req.request_id, fp).await?,
+        ))
     }
 
     async fn subscribe(

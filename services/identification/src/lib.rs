@@ -8,6 +8,7 @@ pub mod api;
 pub mod conversions;
 pub mod domain;
 pub mod export;
+pub mod matcher;
 pub mod merges;
 pub mod migration;
 pub mod store;

@@ -21,7 +21,8 @@ use sea_orm::{
 
 use crate::{
     conversions::{IdentifiersCommand, ProfileQuery, ResolveCommand, UpdateCommand},
-    domain::{self, Normalized},
+    domain::{self, Normalized, matching},
+    matcher::{self, Matcher},
 };
 
 /// Profiles.
@@ -175,18 +176,26 @@ pub async fn get_profile(store: &Store, id: &str) -> Result<pb::Profile, Runtime
 /// created. Concurrent resolves of the same new person create one profile:
 /// the loser of the race hits the identifier's unique key, rolls back and
 /// resolves again, now finding the winner's profile.
-pub async fn resolve(store: &Store, cmd: &ResolveCommand) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
+pub async fn resolve(
+    store: &Store,
+    matcher: &Matcher,
+    cmd: &ResolveCommand,
+) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match resolve_once(store, cmd).await {
+        match resolve_once(store, matcher, cmd).await {
             Err(RuntimeError::Database(e)) if attempt < 3 && RuntimeError::is_unique_violation(&e) => continue,
             other => return other,
         }
     }
 }
 
-async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
+async fn resolve_once(
+    store: &Store,
+    matcher: &Matcher,
+    cmd: &ResolveCommand,
+) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
     const SCOPE: &str = "ResolveIdentity";
     let mut tx = store.begin_write().await?;
     if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
@@ -215,14 +224,92 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
     // The strongest match decides, unless the touchpoint carries a
     // single-valued identifier (a customer number) that contradicts the
     // profile's: then it is another person.
-    let chosen = match domain::choose_profile(&matches) {
-        Some((matched, profile_id)) => {
-            let held = held_identifiers(&*tx, profile_id).await?;
-            let contradicted = unowned.iter().any(|n| domain::profile::contradicts(&held, n));
-            (!contradicted).then(|| (matched.clone(), profile_id.clone(), held))
+    // The strongest identifier decides, unless the touchpoint carries a
+    // single-valued identifier (a customer number) that contradicts the
+    // profile's, or the profile was found by a shareable identifier (email,
+    // phone) and the person clearly differs (a household member): then it
+    // is another person, and that profile is out of the running.
+    let touch_record = matcher::record_of_touchpoint(&cmd.attributes, &cmd.identifiers);
+    let mut excluded: Vec<String> = Vec::new();
+    let mut chosen: Option<Target> = None;
+    let mut by_strength: Vec<&(Normalized, String)> = matches.iter().collect();
+    by_strength.sort_by_key(|(n, _)| std::cmp::Reverse(domain::normalize::priority(n.kind)));
+    for (matched, profile_id) in by_strength {
+        if excluded.contains(profile_id) {
+            continue;
         }
-        None => None,
-    };
+        let held = held_identifiers(&*tx, profile_id).await?;
+        let mut ruled_out = unowned.iter().any(|n| domain::profile::contradicts(&held, n));
+        if !ruled_out
+            && matcher::shareable(matched.kind)
+            && let Some(profile) = load_profile(&*tx, profile_id).await?
+        {
+            let (_, model) = matcher.active(&*tx).await?;
+            ruled_out = matcher::contradicts_person(&model, &touch_record, &matcher::record_of(&profile));
+        }
+        if ruled_out {
+            excluded.push(profile_id.clone());
+            continue;
+        }
+        chosen = Some(Target {
+            profile_id: profile_id.clone(),
+            held,
+            arrived_with: Some(matched.clone()),
+            explanation: MatchExplanation {
+                method: MatchMethod::Deterministic as i32,
+                matched_identifier: Some(to_pb_identifier(matched)),
+                ..Default::default()
+            },
+            confidence: 1.0,
+        });
+        break;
+    }
+
+    // No identifier known: weigh the evidence (ID-4). Above the upper
+    // threshold the touchpoint is that person; between the thresholds a new
+    // profile is created and an operator asked to decide.
+    let mut review: Option<(String, MatchExplanation)> = None;
+    let mut near_miss: Option<MatchExplanation> = None;
+    if chosen.is_none() {
+        let record = touch_record;
+        if matcher::matchable(&record) {
+            let (_, model) = matcher.active(&*tx).await?;
+            let mut best: Option<(String, matching::Scored)> = None;
+            for candidate in matcher::candidates(&*tx, &record).await? {
+                if excluded.contains(&candidate) {
+                    continue;
+                }
+                let Some(profile) = load_profile(&*tx, &candidate).await? else { continue };
+                let stored = matcher::record_of(&profile);
+                if matcher::contradicts_person(&model, &record, &stored) {
+                    continue;
+                }
+                let scored = model.score(&record, &stored);
+                if best.as_ref().is_none_or(|(_, b)| scored.total_weight > b.total_weight) {
+                    best = Some((candidate, scored));
+                }
+            }
+            if let Some((candidate, scored)) = best {
+                let explanation = matcher::explain(&scored);
+                match model.decide(&scored) {
+                    matching::Decision::Link => {
+                        let held = held_identifiers(&*tx, &candidate).await?;
+                        if !unowned.iter().any(|n| domain::profile::contradicts(&held, n)) {
+                            chosen = Some(Target {
+                                profile_id: candidate,
+                                held,
+                                arrived_with: None,
+                                explanation,
+                                confidence: scored.probability,
+                            });
+                        }
+                    }
+                    matching::Decision::Review => review = Some((candidate, explanation)),
+                    matching::Decision::NoMatch => near_miss = Some(explanation),
+                }
+            }
+        }
+    }
 
     let mut sequence = 0;
     let response = match chosen {
@@ -272,16 +359,24 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                 })
                 .await?;
             sequence = seq;
+            matcher::index_profile(&*tx, &profile).await?;
+            // Why it was not linked: the closest candidate's weights, if any.
+            let why = review.as_ref().map(|(_, e)| e.clone()).or(near_miss).unwrap_or_default();
+            let explanation = MatchExplanation { method: MatchMethod::Created as i32, ..why };
+            let review_item_id = match &review {
+                Some((existing, evidence)) => open_review(&tx, existing, &profile.id, evidence).await?,
+                None => String::new(),
+            };
             pb::ResolveIdentityResponse {
                 profile: Some(profile),
                 created: true,
-                explanation: Some(MatchExplanation { method: MatchMethod::Created as i32, ..Default::default() }),
+                explanation: Some(explanation),
                 confidence: 0.0,
                 sequence,
-                review_item_id: String::new(),
+                review_item_id,
             }
         }
-        Some((matched, profile_id, held)) => {
+        Some(Target { profile_id, held, arrived_with, explanation, confidence }) => {
             // Beyond a type's limit, new identifiers are not attached.
             let (unowned, _) = domain::profile::within_limits(&held, &unowned);
             let row = profiles::Entity::find_by_id(profile_id.clone())
@@ -289,7 +384,13 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                 .await?
                 .ok_or_else(|| RuntimeError::Internal("identifier without profile".into()))?;
             let mut profile = decode_profile(&row)?;
-            let changed = domain::apply_attributes(&mut profile, &cmd.attributes);
+            // Recognised by an identifier: what the person says now wins. By
+            // probabilistic evidence only: fill what the profile lacks.
+            let changed = if arrived_with.is_some() {
+                domain::apply_attributes(&mut profile, &cmd.attributes)
+            } else {
+                domain::fill_attributes(&mut profile, &cmd.attributes)
+            };
             // Seen again: every identifier of this profile used here.
             for (n, _) in matches.iter().filter(|(_, p)| *p == profile_id) {
                 identifiers::Entity::update_many()
@@ -324,11 +425,11 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                 identifiers: unowned.iter().map(|n| to_pb_identifier(n)).collect(),
                 ..Default::default()
             };
-            crate::merges::journal(&tx, &profile_id, sequence, Some(&matched), &entry).await?;
+            crate::merges::journal(&tx, &profile_id, sequence, arrived_with.as_ref(), &entry).await?;
             // Stitching: an anonymous profile (cookies, devices only) seen in
             // this touchpoint is this person, now that they have identified
             // themselves: it is merged in, undoably, like any merge.
-            if !domain::normalize::is_anonymous(matched.kind) {
+            if arrived_with.as_ref().is_some_and(|m| !domain::normalize::is_anonymous(m.kind)) {
                 let mut stitched: Vec<&String> = Vec::new();
                 for (n, owner) in &matches {
                     if *owner == profile_id || !domain::normalize::is_anonymous(n.kind) || stitched.contains(&owner) {
@@ -350,15 +451,14 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
                     .await?
                     .ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?,
             };
+            if sequence > 0 {
+                matcher::index_profile(&*tx, &full).await?;
+            }
             pb::ResolveIdentityResponse {
                 profile: Some(full),
                 created: false,
-                explanation: Some(MatchExplanation {
-                    method: MatchMethod::Deterministic as i32,
-                    matched_identifier: Some(to_pb_identifier(&matched)),
-                    ..Default::default()
-                }),
-                confidence: 1.0,
+                explanation: Some(explanation),
+                confidence,
                 sequence,
                 review_item_id: String::new(),
             }
@@ -369,6 +469,91 @@ async fn resolve_once(store: &Store, cmd: &ResolveCommand) -> Result<pb::Resolve
     idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &subject, &response).await?;
     tx.commit().await?;
     Ok(response)
+}
+
+/// The profile a resolve settled on, and why.
+struct Target {
+    profile_id: String,
+    held: Vec<Normalized>,
+    /// The identifier that found it (None: found by probabilistic evidence).
+    arrived_with: Option<Normalized>,
+    explanation: MatchExplanation,
+    confidence: f64,
+}
+
+/// Queue a review item: is `candidate` the person of `existing`?
+async fn open_review(
+    tx: &WriteTxn,
+    existing: &str,
+    candidate: &str,
+    evidence: &MatchExplanation,
+) -> Result<String, DbErr> {
+    let (low, high) = if existing < candidate { (existing, candidate) } else { (candidate, existing) };
+    let refused = tx
+        .query_one_raw(
+            tx.stmt("SELECT 1 FROM never_match WHERE low_id = ? AND high_id = ?", vec![low.into(), high.into()]),
+        )
+        .await?
+        .is_some();
+    if refused {
+        return Ok(String::new());
+    }
+    let id = new_id();
+    tx.execute_raw(tx.stmt(
+        "INSERT INTO review_items (id, profile_id, candidate_profile_id, status, explanation, created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+        vec![
+            id.clone().into(),
+            existing.into(),
+            candidate.into(),
+            review_status::OPEN.into(),
+            evidence.encode_to_vec().into(),
+            now().timestamp_micros().into(),
+        ],
+    ))
+    .await?;
+    Ok(id)
+}
+
+/// Review item status codes.
+pub mod review_status {
+    /// Waiting for an operator.
+    pub const OPEN: i32 = 1;
+    /// Same person: merged.
+    pub const ACCEPTED: i32 = 2;
+    /// Different people: never match.
+    pub const REJECTED: i32 = 3;
+}
+
+/// Every live profile's matching record, read in pages (for training).
+pub async fn all_records(store: &Store) -> Result<Vec<matching::Record>, RuntimeError> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let rows = profiles::Entity::find()
+            .filter(profiles::Column::Status.eq(status::ACTIVE))
+            .filter(profiles::Column::Id.gt(after.as_str()))
+            .order_by_asc(profiles::Column::Id)
+            .limit(5_000)
+            .all(store.conn())
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after.clone_from(&last.id);
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let mut held: std::collections::HashMap<String, Vec<pb::ProfileIdentifier>> = std::collections::HashMap::new();
+        for i in identifiers::Entity::find().filter(identifiers::Column::ProfileId.is_in(ids)).all(store.conn()).await?
+        {
+            held.entry(i.profile_id.clone()).or_default().push(identifier_from_row(i));
+        }
+        for row in &rows {
+            let mut p = decode_profile(row)?;
+            p.identifiers = held.remove(&row.id).unwrap_or_default();
+            let record = matcher::record_of(&p);
+            if matcher::matchable(&record) {
+                out.push(record);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Keep the explanation of a resolve's decision with the profile it chose.
@@ -506,6 +691,7 @@ pub(crate) async fn save_update(
         .exec(&**tx)
         .await?;
     let full = load_profile(&**tx, &row.id).await?.ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?;
+    matcher::index_profile(&**tx, &full).await?;
     let fields: Vec<String> = changed.iter().map(|s| (*s).to_owned()).collect();
     let (seq, _) = tx
         .append_with(&row.id, |s| {
@@ -665,6 +851,9 @@ pub async fn add_identifiers(
         crate::merges::journal(&tx, &row.id, sequence, None, &entry).await?;
     }
     let profile = load_profile(&*tx, &row.id).await?;
+    if let (Some(p), true) = (&profile, sequence > 0) {
+        matcher::index_profile(&*tx, p).await?;
+    }
     let response = pb::AddIdentifiersResponse { profile, sequence };
     idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &row.id, &response).await?;
     tx.commit().await?;
@@ -702,6 +891,9 @@ pub async fn remove_identifiers(
         sequence = seq;
     }
     let profile = load_profile(&*tx, &row.id).await?;
+    if let (Some(p), true) = (&profile, sequence > 0) {
+        matcher::index_profile(&*tx, p).await?;
+    }
     let response = pb::RemoveIdentifiersResponse { profile, sequence };
     idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &row.id, &response).await?;
     tx.commit().await?;
@@ -801,4 +993,99 @@ pub async fn export_profile(store: &Store, id: &str) -> Result<pb::ExportProfile
     let (changes, _) = list_changes(store, &profile.id, MAX_HISTORY, 0).await?;
     let document_json = crate::export::document(&profile, &changes).to_string();
     Ok(pb::ExportProfileResponse { profile: Some(profile), changes, document_json })
+}
+
+/// A page of open review items, oldest first.
+pub async fn list_review_items(
+    store: &Store,
+    page_size: u64,
+    after: Option<&str>,
+) -> Result<(Vec<pb::ReviewItem>, String), RuntimeError> {
+    let rows = store
+        .conn()
+        .query_all_raw(store.stmt(
+            "SELECT id, profile_id, candidate_profile_id, explanation, created_at_us FROM review_items \
+             WHERE status = ? AND id > ? ORDER BY id LIMIT ?",
+            vec![
+                review_status::OPEN.into(),
+                after.unwrap_or("").into(),
+                (page_size.saturating_add(1).min(i64::MAX as u64) as i64).into(),
+            ],
+        ))
+        .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let explanation: Vec<u8> = r.try_get_by_index(3)?;
+        items.push(pb::ReviewItem {
+            id: r.try_get_by_index(0)?,
+            profile_id: r.try_get_by_index(1)?,
+            candidate_profile_id: r.try_get_by_index(2)?,
+            explanation: Some(
+                MatchExplanation::decode(explanation.as_slice())
+                    .map_err(|e| RuntimeError::Internal(format!("stored explanation undecodable: {e}")))?,
+            ),
+            create_time: micros_to_timestamp(r.try_get_by_index(4)?),
+        });
+    }
+    let more = items.len() as u64 > page_size;
+    items.truncate(page_size as usize);
+    let next = match (more, items.last()) {
+        (true, Some(last)) => page::encode_token(&last.id),
+        _ => String::new(),
+    };
+    Ok((items, next))
+}
+
+/// An operator's decision: accept merges the candidate into the existing
+/// profile; reject remembers the pair as never-match.
+pub async fn decide_review_item(
+    store: &Store,
+    id: &str,
+    accept: bool,
+    request_id: &str,
+    fp: i64,
+) -> Result<pb::DecideReviewItemResponse, RuntimeError> {
+    const SCOPE: &str = "DecideReviewItem";
+    let mut tx = store.begin_write().await?;
+    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, request_id, fp).await? {
+        tx.rollback().await?;
+        return Ok(r);
+    }
+    let item = tx
+        .query_one_raw(
+            tx.stmt("SELECT profile_id, candidate_profile_id, status FROM review_items WHERE id = ?", vec![id.into()]),
+        )
+        .await?
+        .ok_or_else(|| RuntimeError::NotFound { resource: "review item", id: id.to_owned() })?;
+    let existing: String = item.try_get_by_index(0)?;
+    let candidate: String = item.try_get_by_index(1)?;
+    let state: i32 = item.try_get_by_index(2)?;
+    if state != review_status::OPEN {
+        return Err(RuntimeError::FailedPrecondition(format!("review item {id} was already decided")));
+    }
+    let (profile, sequence) = if accept {
+        let s_row = live_row(&*tx, &existing).await?;
+        let m_row = live_row(&*tx, &candidate).await?;
+        if s_row.id == m_row.id {
+            (load_profile(&*tx, &s_row.id).await?, 0)
+        } else {
+            let (p, _, seq) = crate::merges::merge_in(&mut tx, &s_row, &m_row).await?;
+            (Some(p), seq)
+        }
+    } else {
+        let (low, high) = if existing < candidate { (&existing, &candidate) } else { (&candidate, &existing) };
+        tx.execute_raw(tx.stmt(
+            "INSERT INTO never_match (low_id, high_id) VALUES (?, ?) ON CONFLICT (low_id, high_id) DO NOTHING",
+            vec![low.clone().into(), high.clone().into()],
+        ))
+        .await?;
+        let row = live_row(&*tx, &existing).await?;
+        (load_profile(&*tx, &row.id).await?, 0)
+    };
+    let status = if accept { review_status::ACCEPTED } else { review_status::REJECTED };
+    tx.execute_raw(tx.stmt("UPDATE review_items SET status = ? WHERE id = ?", vec![status.into(), id.into()])).await?;
+    let response = pb::DecideReviewItemResponse { profile, sequence };
+    idempotency::complete_for(&tx, SCOPE, request_id, &existing, &response).await?;
+    tx.commit().await?;
+    Ok(response)
 }

@@ -7,12 +7,44 @@ pub mod merge;
 pub mod normalize;
 pub mod profile;
 
-use crm_proto::identification::v1::{IdentifierType, Profile, ProfileAttributes};
+use crm_proto::identification::v1::{IdentifierType, PersonName, Profile, ProfileAttributes};
 
 pub use normalize::{Normalized, Rejection, normalize};
 
 /// Most addresses kept on a profile.
 pub const MAX_ADDRESSES: usize = 5;
+
+/// What a touchpoint recognised only by probabilistic evidence may change:
+/// the fields the profile lacks (its spelling of a name may be the typo).
+pub fn fill_attributes(profile: &mut Profile, attrs: &ProfileAttributes) -> Vec<&'static str> {
+    let mut gaps = ProfileAttributes::default();
+    let name = profile.name.clone().unwrap_or_default();
+    if let Some(given) = &attrs.name {
+        let keep = |have: &String, new: &String| if have.is_empty() { new.clone() } else { have.clone() };
+        gaps.name = Some(PersonName {
+            given_name: keep(&name.given_name, &given.given_name),
+            family_name: keep(&name.family_name, &given.family_name),
+            middle_name: keep(&name.middle_name, &given.middle_name),
+            display_name: keep(&name.display_name, &given.display_name),
+        });
+    }
+    if profile.birth_date.is_none_or(|d| d.year == 0) {
+        gaps.birth_date = attrs.birth_date;
+    }
+    if profile.addresses.is_empty() {
+        gaps.address = attrs.address.clone();
+    }
+    if profile.locale.is_empty() {
+        gaps.locale.clone_from(&attrs.locale);
+    }
+    gaps.traits = attrs
+        .traits
+        .iter()
+        .filter(|(k, _)| !profile.traits.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    apply_attributes(profile, &gaps)
+}
 
 /// Apply what a touchpoint said about the person; returns the names of the
 /// fields that changed. Given values win (the latest contact is the most
@@ -74,19 +106,6 @@ pub fn apply_attributes(profile: &mut Profile, attrs: &ProfileAttributes) -> Vec
     changed
 }
 
-/// Of the profiles the identifiers matched, the one the strongest
-/// identifier points to (ties: the first given). `matches` pairs each
-/// matched identifier with its profile id.
-pub fn choose_profile(matches: &[(Normalized, String)]) -> Option<&(Normalized, String)> {
-    let mut best: Option<&(Normalized, String)> = None;
-    for m in matches {
-        if best.is_none_or(|b| normalize::priority(m.0.kind) > normalize::priority(b.0.kind)) {
-            best = Some(m);
-        }
-    }
-    best
-}
-
 /// Whether every identifier is anonymous (cookie, device).
 pub fn all_anonymous(ids: &[Normalized]) -> bool {
     ids.iter().all(|n| normalize::is_anonymous(n.kind))
@@ -104,10 +123,6 @@ mod tests {
         common::v1::{Date, TraitValue, trait_value},
         identification::v1::{PersonName, PostalAddress},
     };
-
-    fn id(kind: IdentifierType, v: &str) -> Normalized {
-        Normalized { kind, namespace: String::new(), value: v.into() }
-    }
 
     #[test]
     fn given_values_update_and_absent_ones_keep() {
@@ -147,16 +162,5 @@ mod tests {
         let attrs = ProfileAttributes { traits: [("kids".to_owned(), t(2))].into(), ..Default::default() };
         assert_eq!(apply_attributes(&mut p, &attrs), ["traits"]);
         assert!(apply_attributes(&mut p, &attrs).is_empty());
-    }
-
-    #[test]
-    fn the_strongest_identifier_decides() {
-        let matches = vec![
-            (id(IdentifierType::Cookie, "c"), "p-cookie".to_owned()),
-            (id(IdentifierType::Email, "e"), "p-email".to_owned()),
-            (id(IdentifierType::Phone, "p"), "p-phone".to_owned()),
-        ];
-        assert_eq!(choose_profile(&matches).map(|m| m.1.as_str()), Some("p-email"));
-        assert!(choose_profile(&[]).is_none());
     }
 }

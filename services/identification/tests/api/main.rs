@@ -228,13 +228,6 @@ async fn junk_identifiers_never_link_two_people() {
     assert_ne!(a.profile.map(|p| p.id), b.profile.map(|p| p.id));
 }
 
-#[tokio::test]
-async fn later_rpcs_answer_unimplemented() {
-    let (_server, mut client) = spawn_app().await;
-    let err = client.list_review_items(pb::ListReviewItemsRequest::default()).await.expect_err("later");
-    assert_eq!(err.code(), Code::Unimplemented);
-}
-
 fn person(email: &str, given: &str, family: &str) -> pb::ResolveIdentityRequest {
     pb::ResolveIdentityRequest {
         identifiers: vec![id(IdentifierType::Email, email)],
@@ -845,4 +838,250 @@ async fn every_decision_is_stored_with_its_explanation() {
         .collect();
     assert_eq!(stored, vec![created.explanation.unwrap(), linked.explanation.unwrap()]);
     assert_eq!(stored[1].method, MatchMethod::Deterministic as i32);
+}
+
+fn touch(
+    given: &str,
+    family: &str,
+    born: (i32, i32, i32),
+    street: &str,
+    postcode: &str,
+    email: &str,
+) -> pb::ResolveIdentityRequest {
+    pb::ResolveIdentityRequest {
+        identifiers: vec![id(IdentifierType::Email, email)],
+        channel: Channel::Store as i32,
+        attributes: Some(pb::ProfileAttributes {
+            name: Some(pb::PersonName { given_name: given.into(), family_name: family.into(), ..Default::default() }),
+            birth_date: Some(Date { year: born.0, month: born.1, day: born.2 }),
+            address: Some(pb::PostalAddress {
+                lines: vec![street.into()],
+                postal_code: postcode.into(),
+                locality: "Girona".into(),
+                country_code: "ES".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_person_without_a_known_identifier_is_recognised_by_the_evidence() {
+    let (_server, mut client) = spawn_app().await;
+    let original = client
+        .resolve_identity(touch(
+            "María José",
+            "García López",
+            (1985, 3, 12),
+            "Carrer Major 12",
+            "17001",
+            "mj@correu.cat",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    // The same person, a new email, no accents, a typo in the street.
+    let r = client
+        .resolve_identity(touch(
+            "Maria Jose",
+            "Garcia Lopez",
+            (1985, 3, 12),
+            "Carrer Majr 12",
+            "17001",
+            "mariajose@feina.cat",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.created, "linked: {:?}", r.explanation);
+    assert_eq!(r.profile.as_ref().unwrap().id, original.id);
+    let how = r.explanation.unwrap();
+    assert_eq!(how.method, MatchMethod::Probabilistic as i32);
+    assert!(how.total_weight > 0.0);
+    assert!(how.field_weights.iter().any(|f| f.field.contains("birth") && f.weight > 0.0), "{:?}", how.field_weights);
+    assert!(r.confidence > 0.9 && r.confidence <= 1.0);
+    assert_eq!(r.profile.unwrap().identifiers.len(), 2, "the new email joined the profile");
+
+    // Someone else with the same common name: another person.
+    let other = client
+        .resolve_identity(touch(
+            "María José",
+            "García López",
+            (1962, 11, 2),
+            "Avinguda Jaume I 80",
+            "17003",
+            "mjg62@correu.cat",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.created, "{:?}", other.explanation);
+    assert!(other.review_item_id.is_empty() || other.profile.as_ref().unwrap().id != original.id);
+}
+
+/// A person and a touchpoint the default model is unsure about (in the
+/// review band between its thresholds).
+async fn unsure_pair(
+    client: &mut IdentificationServiceClient<GrpcChannel>,
+) -> (pb::Profile, pb::ResolveIdentityRequest) {
+    use crm_identification::{domain::matching, matcher};
+    let joan = client
+        .resolve_identity(touch("Joan", "Puig Ferrer", (1970, 6, 1), "Carrer Nou 3", "17004", "joan@correu.cat"))
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    let model = matching::default_model();
+    let stored = matcher::record_of(&joan);
+    // A grid of partial agreements; the model's review band holds some.
+    let mut variants = Vec::new();
+    let mut n = 0;
+    for given in ["Joan", "J", "Jon"] {
+        for family in ["Puig Ferrer", "Puig", "Ferrer", "Puig Farré"] {
+            for born in [(1970, 6, 1), (1970, 6, 0), (1970, 1, 6), (1971, 6, 1), (0, 0, 0)] {
+                for (street, postcode) in
+                    [("Carrer Nou 3", "17004"), ("", "17004"), ("", ""), ("Plaça Gran 9", "17190")]
+                {
+                    n += 1;
+                    variants.push(touch(given, family, born, street, postcode, &format!("v{n}@x.cat")));
+                }
+            }
+        }
+    }
+    let unsure = variants
+        .into_iter()
+        .find(|v| {
+            let ids: Vec<_> = v
+                .identifiers
+                .iter()
+                .map(|i| crm_identification::domain::normalize(IdentifierType::Email, "", &i.value, "ES").unwrap())
+                .collect();
+            let record = matcher::record_of_touchpoint(v.attributes.as_ref().unwrap(), &ids);
+            matcher::matchable(&record)
+                && !matcher::contradicts_person(&model, &record, &stored)
+                && model.decide(&model.score(&record, &stored)) == matching::Decision::Review
+        })
+        .expect("the review band holds one of these variants");
+    (joan, unsure)
+}
+
+#[tokio::test]
+async fn an_uncertain_match_waits_for_an_operator_who_accepts_it() {
+    let (_server, mut client) = spawn_app().await;
+    let (joan, unsure) = unsure_pair(&mut client).await;
+    let r = client.resolve_identity(unsure).await.unwrap().into_inner();
+    assert!(r.created && !r.review_item_id.is_empty());
+    let items = client.list_review_items(pb::ListReviewItemsRequest::default()).await.unwrap().into_inner().items;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].profile_id, joan.id);
+    assert!(!items[0].explanation.as_ref().unwrap().field_weights.is_empty(), "the evidence, field by field");
+    let accepted = client
+        .decide_review_item(pb::DecideReviewItemRequest {
+            review_item_id: r.review_item_id.clone(),
+            decision: pb::ReviewDecision::Accept as i32,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = accepted.profile.unwrap();
+    assert_eq!(p.id, joan.id);
+    assert!(p.merged_ids.contains(&r.profile.unwrap().id));
+    let err = client
+        .decide_review_item(pb::DecideReviewItemRequest {
+            review_item_id: r.review_item_id.clone(),
+            decision: pb::ReviewDecision::Reject as i32,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "decided once");
+    assert!(
+        client.list_review_items(pb::ListReviewItemsRequest::default()).await.unwrap().into_inner().items.is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_candidate_stays_its_own_person() {
+    let (_server, mut client) = spawn_app().await;
+    let (joan, unsure) = unsure_pair(&mut client).await;
+    let r = client.resolve_identity(unsure).await.unwrap().into_inner();
+    let candidate = r.profile.unwrap().id;
+    let decided = client
+        .decide_review_item(pb::DecideReviewItemRequest {
+            review_item_id: r.review_item_id.clone(),
+            decision: pb::ReviewDecision::Reject as i32,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(decided.profile.unwrap().id, joan.id);
+    let still = client.get_profile(pb::GetProfileRequest { profile_id: candidate.clone() }).await.unwrap().into_inner();
+    assert_eq!(still.profile.unwrap().id, candidate);
+
+    let err = client
+        .decide_review_item(pb::DecideReviewItemRequest {
+            review_item_id: new_id(),
+            decision: 1,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .decide_review_item(pb::DecideReviewItemRequest {
+            review_item_id: "x".into(),
+            decision: 0,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&err), ["decision", "review_item_id"]);
+}
+
+#[tokio::test]
+async fn the_matcher_is_trained_from_the_stored_profiles_in_versions() {
+    use crm_identification::domain::matching;
+    let (_server, mut client) = spawn_app().await;
+    let records: Vec<pb::ImportProfilesRequest> = matching::generate(400, 0.5, 7)
+        .into_iter()
+        .map(|(_, r)| pb::ImportProfilesRequest {
+            identifiers: [(IdentifierType::Email, r.email.clone()), (IdentifierType::Phone, r.phone.clone())]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(t, v)| id(t, &v))
+                .collect(),
+            attributes: Some(pb::ProfileAttributes {
+                name: Some(pb::PersonName {
+                    given_name: r.given_name.clone(),
+                    family_name: r.family_name.clone(),
+                    ..Default::default()
+                }),
+                birth_date: r.birth_date.map(|(y, m, d)| Date { year: y, month: m as i32, day: d as i32 }),
+                address: Some(pb::PostalAddress {
+                    lines: vec![r.street.clone()],
+                    postal_code: r.postcode.clone(),
+                    locality: r.locality.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let counts = client.import_profiles(futures::stream::iter(records)).await.unwrap().into_inner();
+    assert!(counts.created_count > 300, "{counts:?}");
+    let first = client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap().into_inner();
+    assert_eq!(first.matcher_version, 1);
+    assert!(first.pair_count > 0 && first.iterations > 0, "{first:?}");
+    let second = client.train_matcher(pb::TrainMatcherRequest { max_pairs: 10_000 }).await.unwrap().into_inner();
+    assert_eq!(second.matcher_version, 2);
+    let err = client.train_matcher(pb::TrainMatcherRequest { max_pairs: -1 }).await.unwrap_err();
+    assert_eq!(fields(&err), ["max_pairs"]);
 }

@@ -1,0 +1,260 @@
+//! Training a model from stored records: `u` from random pairs, then `m`
+//! and the prior by expectation–maximisation on the candidate pairs that
+//! blocking produces (the recipe of Splink and of Winkler's work at the US
+//! Census Bureau).
+//!
+//! Random pairs are almost all non-matches, so their level frequencies are
+//! direct estimates of `u`, free of the bias of blocked pairs (which agree
+//! on names far more often than strangers do) and of the dependence between
+//! fields. With `u` fixed, EM only has to separate matches among the
+//! candidates, which it does reliably.
+
+use super::Record;
+use super::blocking::{CandidateVectors, DEFAULT_MAX_BLOCK, KeyKind, candidate_vectors_by_kind};
+use super::compare::{ComparisonVector, FIELD_COUNT, Field, NULL, compare};
+use super::em::{
+    Trained, VectorCounts, clamp, class_likelihoods, enforce_sanity, log_likelihood, normalised, train_m_counts,
+};
+use super::model::{MIN_PROBABILITY, MatchModel};
+use super::rng::SplitMix64;
+
+/// Parameters of [`train_on_records`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainingOptions {
+    /// Random pairs compared to estimate `u`.
+    pub u_samples: usize,
+    /// Blocks larger than this are skipped (see [`DEFAULT_MAX_BLOCK`]).
+    pub max_block: usize,
+    /// EM iteration cap.
+    pub max_iterations: usize,
+    /// Threads used for comparisons.
+    pub threads: usize,
+    /// Seed of the random pair sample.
+    pub seed: u64,
+    /// Posterior probabilities `(link, review)` to set the thresholds from
+    /// with [`MatchModel::calibrate`] once the prior is re-estimated; `None`
+    /// keeps the input model's thresholds. The prior among candidate pairs
+    /// falls as the base grows (blocks hold more strangers), so calibrated
+    /// thresholds rise with it.
+    pub calibration: Option<(f64, f64)>,
+}
+
+/// Default link probability of [`TrainingOptions::calibration`].
+pub const LINK_PROBABILITY: f64 = 0.9999;
+/// Default review probability of [`TrainingOptions::calibration`].
+pub const REVIEW_PROBABILITY: f64 = 0.99;
+/// Calibrated link threshold is never below this many bits.
+pub const MIN_UPPER: f64 = 10.0;
+/// Calibrated review threshold is never below this many bits.
+pub const MIN_LOWER: f64 = 4.0;
+
+impl Default for TrainingOptions {
+    fn default() -> Self {
+        TrainingOptions {
+            u_samples: 1_000_000,
+            max_block: DEFAULT_MAX_BLOCK,
+            max_iterations: 1000,
+            threads: 1,
+            seed: 1,
+            calibration: Some((LINK_PROBABILITY, REVIEW_PROBABILITY)),
+        }
+    }
+}
+
+/// Replace `u` of every field by its level frequencies among about
+/// `samples` random pairs of distinct records (with half a count added to
+/// every level, so a level never seen gets a probability below one in
+/// `samples`, and clamped). The pairs are all the pairs of
+/// `√(2·samples)` records drawn at random: each is a uniformly random pair,
+/// and the comparisons stay in the processor's cache. Fewer than two
+/// records leave the model unchanged.
+pub fn estimate_u(model: &MatchModel, records: &[Record], samples: usize, seed: u64, threads: usize) -> MatchModel {
+    if records.len() < 2 || samples == 0 {
+        return model.clone();
+    }
+    let k = ((((2 * samples) as f64).sqrt().ceil() as usize) + 1).clamp(2, records.len());
+    // Partial Fisher–Yates: k distinct records.
+    let mut rng = SplitMix64::new(seed);
+    let mut order: Vec<u32> = (0..records.len() as u32).collect();
+    for i in 0..k {
+        let j = i + rng.below(order.len() - i);
+        order.swap(i, j);
+    }
+    let sample: Vec<Record> = order[..k].iter().map(|&i| records[i as usize].clone()).collect();
+    let threads = threads.clamp(1, 64);
+    let count = |part: usize| {
+        let mut counts: [Vec<u64>; FIELD_COUNT] = std::array::from_fn(|f| vec![0; Field::ALL[f].level_count()]);
+        for i in (part..k).step_by(threads) {
+            // Pairs (i, j) with j > i, in order, up to `samples` overall.
+            let before = i * (2 * k - i - 1) / 2;
+            let take = samples.saturating_sub(before).min(k - i - 1);
+            for j in i + 1..i + 1 + take {
+                let v = compare(&sample[i], &sample[j]);
+                for field in Field::ALL {
+                    counts[field.index()][usize::from(v.level(field))] += 1;
+                }
+            }
+        }
+        counts
+    };
+    let parts: Vec<[Vec<u64>; FIELD_COUNT]> = if threads == 1 {
+        vec![count(0)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|t| s.spawn(move || count(t))).collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        })
+    };
+    let mut next = model.clone();
+    for (f, fm) in next.fields.iter_mut().enumerate() {
+        let levels = fm.u.len();
+        let observed: Vec<f64> =
+            (1..=levels).map(|l| parts.iter().map(|p| p[f][l]).sum::<u64>() as f64 + 0.5).collect();
+        let total: f64 = observed.iter().sum();
+        if total <= 0.5 * levels as f64 {
+            continue; // Only missing values: keep the previous estimate.
+        }
+        let u: Vec<f64> = observed.iter().map(|c| (c / total).clamp(MIN_PROBABILITY, 1.0 - MIN_PROBABILITY)).collect();
+        let sum: f64 = u.iter().sum();
+        fm.u = u.iter().map(|p| p / sum).collect();
+    }
+    next
+}
+
+/// Train on stored records: [`estimate_u`] from random pairs, then
+/// [`train_sessions`] on the candidate pairs of every key kind
+/// ([`candidate_vectors_by_kind`]), then thresholds from
+/// [`TrainingOptions::calibration`] (kept when `None`), never below
+/// [`MIN_UPPER`] / [`MIN_LOWER`] bits.
+pub fn train_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> Trained {
+    let with_u = estimate_u(model, records, options.u_samples, options.seed, options.threads);
+    let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads);
+    let mut trained = train_sessions(&with_u, &vectors, options.max_iterations);
+    if let Some((link, review)) = options.calibration
+        && trained.model.calibrate(link, review)
+    {
+        // A prior estimated from a small or one-sided base must not make
+        // weak evidence link.
+        trained.model.upper = trained.model.upper.max(MIN_UPPER);
+        trained.model.lower = trained.model.lower.max(MIN_LOWER).min(trained.model.upper);
+    }
+    trained
+}
+
+/// Estimate `m` and `lambda` with `u` fixed, one EM session per key kind.
+///
+/// Pairs selected by a key agree on the fields the key is made of whether
+/// they match or not ([`KeyKind::conditioned_fields`]), so a session leaves
+/// those fields out and estimates `m` of the others; each field's `m`
+/// combines the expected match counts of the sessions that observed it
+/// (Splink's approach to blocked EM). `lambda`, the share of matches among
+/// all candidate pairs, sums over every pair the match probability of the
+/// session of the first key it shares (`m` and `u` as combined).
+pub fn train_sessions(model: &MatchModel, vectors: &CandidateVectors, max_iterations: usize) -> Trained {
+    let mut expected: [Vec<f64>; FIELD_COUNT] = std::array::from_fn(|f| vec![0.0; Field::ALL[f].level_count() - 1]);
+    let mut converged = true;
+    let mut iterations = 0;
+    let mut session_lambda = [None; KeyKind::ALL.len()];
+    for (kind, counts) in &vectors.by_kind {
+        if counts.total() == 0 {
+            continue;
+        }
+        let masked = mask(counts, *kind);
+        let session = train_m_counts(model, &masked, max_iterations);
+        converged &= session.converged;
+        iterations = iterations.max(session.iterations);
+        session_lambda[*kind as usize] = Some(session.model.lambda);
+        for (v, n) in masked.iter() {
+            let g = match_probability(&session.model, v);
+            for field in Field::ALL {
+                let level = v.level(field);
+                if level != NULL {
+                    expected[field.index()][usize::from(level) - 1] += n as f64 * g;
+                }
+            }
+        }
+    }
+    let mut next = model.clone();
+    for (fm, e) in next.fields.iter_mut().zip(&expected) {
+        if let Some(m) = normalised(e) {
+            fm.m = m;
+        }
+    }
+    let kept_fields = enforce_sanity(&mut next, model);
+    let (mut matches, mut total) = (0.0, 0.0);
+    for (kind, counts) in &vectors.by_first_kind {
+        let Some(lambda) = session_lambda[*kind as usize] else {
+            continue;
+        };
+        let session = MatchModel { lambda, ..next.clone() };
+        for (v, n) in mask(counts, *kind).iter() {
+            matches += n as f64 * match_probability(&session, v);
+            total += n as f64;
+        }
+    }
+    if total > 0.0 {
+        next.lambda = clamp(matches / total);
+    }
+    let all = vectors.all();
+    let data: Vec<(ComparisonVector, f64)> = all.iter().map(|(v, n)| (v, n as f64)).collect();
+    Trained {
+        log_likelihood: log_likelihood(&next, &data),
+        model: next,
+        converged,
+        iterations,
+        pair_count: all.total(),
+        distinct_vectors: all.distinct(),
+        kept_fields,
+    }
+}
+
+/// The vectors with the fields a key kind conditions on set to `null`.
+fn mask(counts: &VectorCounts, kind: KeyKind) -> VectorCounts {
+    let mut masked = VectorCounts::new();
+    for (v, n) in counts.iter() {
+        masked.add_many(kind.conditioned_fields().iter().fold(v, |v, &f| v.without(f)), n);
+    }
+    masked
+}
+
+/// Posterior match probability of a vector under a model.
+fn match_probability(model: &MatchModel, v: ComparisonVector) -> f64 {
+    let (pm, pu) = class_likelihoods(model, v);
+    if pm + pu > 0.0 { pm / (pm + pu) } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::generator::generate;
+    use super::super::model::default_model;
+    use super::*;
+
+    #[test]
+    fn u_from_random_pairs_reflects_population_frequencies() {
+        let records: Vec<Record> = generate(2_000, 0.0, 4).into_iter().map(|(_, r)| r).collect();
+        let model = estimate_u(&default_model(), &records, 50_000, 1, 2);
+        model.validate().unwrap();
+        let given = model.field(Field::GivenName);
+        // Strangers rarely share a given name, almost never a birth date or an e-mail.
+        assert!(given.u[0] > 0.002 && given.u[0] < 0.05, "{:?}", given.u);
+        assert!(model.field(Field::BirthDate).u[0] < 0.001);
+        assert!(model.field(Field::Email).u[0] < 0.0001);
+        assert_eq!(
+            model.fields.iter().map(|f| f.m.clone()).collect::<Vec<_>>(),
+            default_model().fields.iter().map(|f| f.m.clone()).collect::<Vec<_>>()
+        );
+        // Deterministic for a seed.
+        assert_eq!(model, estimate_u(&default_model(), &records, 50_000, 1, 2));
+        // Calibrated thresholds keep their floor even on a base of duplicates only.
+        let pairs: Vec<Record> = records.iter().take(50).flat_map(|r| [r.clone(), r.clone()]).collect();
+        let trained = train_on_records(
+            &default_model(),
+            &pairs,
+            &TrainingOptions { u_samples: 2_000, ..TrainingOptions::default() },
+        );
+        assert!(trained.model.upper >= MIN_UPPER && trained.model.lower >= MIN_LOWER, "{:?}", trained.model);
+        assert!(trained.model.lower <= trained.model.upper);
+        // Too few records: unchanged.
+        assert_eq!(estimate_u(&default_model(), &records[..1], 10, 1, 1), default_model());
+    }
+}

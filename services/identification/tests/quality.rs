@@ -1,0 +1,161 @@
+//! Matching quality through the service, the way production sees it: a
+//! FEBRL-style base of people is resolved, the matcher is trained on it,
+//! then corrupted duplicates arrive one at a time through ResolveIdentity.
+//! Pairwise precision and recall of the links are measured against the
+//! generator's truth.
+//!
+//! The small run is a regression test; the large one is the benchmark of
+//! BENCHMARKS.md:
+//! `cargo test --release -p crm-identification --test quality -- --ignored --nocapture`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use crm_identification::domain::matching::{self, Metrics, Record};
+use crm_proto::{
+    common::v1::{Channel, Date},
+    identification::v1::{self as pb, IdentifierType, identification_service_client::IdentificationServiceClient},
+};
+use crm_runtime::{
+    config::{Peers, ServiceKind},
+    testing::TestServer,
+};
+
+fn request(r: &Record) -> pb::ResolveIdentityRequest {
+    let mut identifiers = Vec::new();
+    for (kind, value) in [(IdentifierType::Email, &r.email), (IdentifierType::Phone, &r.phone)] {
+        if !value.is_empty() {
+            identifiers.push(pb::Identifier { r#type: kind as i32, value: value.clone(), namespace: String::new() });
+        }
+    }
+    if identifiers.is_empty() {
+        // A touchpoint always carries something; here a per-visit cookie,
+        // which identifies no one.
+        identifiers.push(pb::Identifier {
+            r#type: IdentifierType::Cookie as i32,
+            value: crm_runtime::ids::new_id(),
+            namespace: String::new(),
+        });
+    }
+    pb::ResolveIdentityRequest {
+        identifiers,
+        channel: Channel::Web as i32,
+        attributes: Some(pb::ProfileAttributes {
+            name: Some(pb::PersonName {
+                given_name: r.given_name.clone(),
+                family_name: r.family_name.clone(),
+                ..Default::default()
+            }),
+            birth_date: r.birth_date.map(|(y, m, d)| Date { year: y, month: m as i32, day: d as i32 }),
+            address: Some(pb::PostalAddress {
+                lines: if r.street.is_empty() { vec![] } else { vec![r.street.clone()] },
+                postal_code: r.postcode.clone(),
+                locality: r.locality.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct Run {
+    metrics: Metrics,
+    records: usize,
+    reviews: usize,
+    rejected: usize,
+}
+
+async fn run(originals: usize, duplicates_per_original: f64, seed: u64) -> Run {
+    let server = TestServer::start(ServiceKind::Identification, Peers::default(), |s, sd| async move {
+        crm_identification::start(&s, sd).await
+    })
+    .await;
+    let mut client = IdentificationServiceClient::new(server.channel());
+    let data = matching::generate(originals, duplicates_per_original, seed);
+    let (base, arrivals): (Vec<_>, Vec<_>) = data.iter().enumerate().partition(|(i, _)| *i < originals);
+
+    let mut truth = Vec::new();
+    let mut predicted = Vec::new();
+    let mut profile_numbers: HashMap<String, u64> = HashMap::new();
+    let mut reviews = 0;
+    let mut rejected = 0;
+    let mut resolve = async |r: &Record, cluster: u64, client: &mut IdentificationServiceClient<_>| {
+        let mut req = request(r);
+        let mut answer = client.resolve_identity(req.clone()).await;
+        if let Err(status) = &answer {
+            // As a loader would: drop the identifiers refused, keep the rest.
+            let bad: Vec<String> = crm_runtime::error::field_violations(status).into_iter().map(|(f, _)| f).collect();
+            let before = req.identifiers.len();
+            let kept: Vec<pb::Identifier> = std::mem::take(&mut req.identifiers)
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !bad.contains(&format!("identifiers[{i}]")))
+                .map(|(_, id)| id)
+                .collect();
+            req.identifiers = kept;
+            if req.identifiers.len() < before {
+                if req.identifiers.is_empty() {
+                    req.identifiers.push(pb::Identifier {
+                        r#type: IdentifierType::Cookie as i32,
+                        value: crm_runtime::ids::new_id(),
+                        namespace: String::new(),
+                    });
+                }
+                answer = client.resolve_identity(req).await;
+            }
+        }
+        match answer {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                if !resp.review_item_id.is_empty() {
+                    reviews += 1;
+                }
+                let next = profile_numbers.len() as u64;
+                let n = *profile_numbers.entry(resp.profile.unwrap().id).or_insert(next);
+                truth.push(cluster);
+                predicted.push(n);
+            }
+            Err(_) => rejected += 1,
+        }
+    };
+    for (_, (cluster, r)) in &base {
+        resolve(r, *cluster, &mut client).await;
+    }
+    client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap();
+    for (_, (cluster, r)) in &arrivals {
+        resolve(r, *cluster, &mut client).await;
+    }
+    Run { metrics: matching::pairwise_metrics(&truth, &predicted), records: data.len(), reviews, rejected }
+}
+
+fn report(name: &str, r: &Run) {
+    let m = &r.metrics;
+    println!(
+        "{name}: records={} precision={:.4} recall={:.4} f1={:.4} tp={} fp={} fn={} reviews={} rejected={}",
+        r.records,
+        m.precision,
+        m.recall,
+        m.f1,
+        m.true_positives,
+        m.false_positives,
+        m.false_negatives,
+        r.reviews,
+        r.rejected
+    );
+}
+
+#[tokio::test]
+async fn duplicates_arriving_one_at_a_time_are_linked_precisely() {
+    let r = run(300, 1.0, 11).await;
+    report("quality-small", &r);
+    assert!(r.metrics.precision >= 0.99, "precision {}", r.metrics.precision);
+    assert!(r.metrics.f1 >= 0.90, "f1 {}", r.metrics.f1);
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run in release, see BENCHMARKS.md"]
+async fn benchmark_matching_quality() {
+    let r = run(10_000, 1.0, 2026).await;
+    report("quality-10k", &r);
+}
