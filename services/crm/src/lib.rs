@@ -1,7 +1,10 @@
 //! The `crm` binary's library: run any one service, or the whole suite in
 //! one process (each service on its own port with its own store, talking
-//! real gRPC over loopback), or a service's migrations.
+//! real gRPC over loopback), or a service's migrations; and the load
+//! generator behind `crm bench`.
 #![forbid(unsafe_code)]
+
+pub mod bench;
 
 use crm_runtime::{
     config::{ServiceKind, Settings},

@@ -1,6 +1,7 @@
 //! `crm`: one binary, many targets. `crm serve <service>` runs one service
 //! (what a container runs); `crm up` runs the whole suite on localhost;
-//! `crm migrate <service>` runs a store's migrations and exits.
+//! `crm migrate <service>` runs a store's migrations and exits; `crm bench`
+//! measures a service under load.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -47,12 +48,22 @@ enum Command {
         #[command(flatten)]
         args: ServerArgs,
     },
+    /// Load-test a service on this machine: the empty-call ceiling,
+    /// RecordInteraction, feed replay.
+    Bench(crm::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_format = if matches!(cli.command, Command::Up { .. }) { LogFormat::Pretty } else { LogFormat::Json };
-    let telemetry = telemetry::init(cli.log_format.unwrap_or(default_format));
+    // The bench report owns stdout: its logs go to stderr.
+    let telemetry = match &cli.command {
+        Command::Bench(_) => {
+            crm::bench::init_logging();
+            None
+        }
+        _ => Some(telemetry::init(cli.log_format.unwrap_or(default_format))),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -61,7 +72,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command));
-    telemetry.shutdown();
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -124,6 +137,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!(service = service.name(), "migrations applied");
             Ok(())
         }
+        Command::Bench(args) => crm::bench::run(args).await,
     }
 }
 

@@ -1,0 +1,280 @@
+//! `crm bench`: the project's load generator.
+//!
+//! Every figure is a fixed number of calls (never a duration), spread over
+//! concurrency lanes that share a few HTTP/2 connections, with a warm-up
+//! that is not measured, and latencies kept in HDR histograms. Each
+//! workload is measured right after the empty-call ceiling of the same
+//! server in the same run, and reported as a ratio to it: the machine is
+//! shared and noisy, so ratios are the figures to compare across runs.
+//!
+//! - `ceiling`: `grpc.health.v1.Health/Check`, a real unary call that does
+//!   no store work.
+//! - `record-interaction`: valid, varied RecordInteraction calls with
+//!   unique request ids.
+//! - `feed-replay`: fills the interaction feed up to N events if it holds
+//!   fewer, then replays it with `Subscribe(after_sequence = 0)`, checking
+//!   that sequences are contiguous.
+//!
+//! The target is a server already running on loopback (`--addr`), or
+//! identification and interaction started in this process over a fresh
+//! store (`--in-process sqlite|postgres`).
+
+mod load;
+mod report;
+mod target;
+mod workloads;
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+
+pub use self::target::StoreKind;
+use self::{
+    load::{Lane, PhaseStats, drive},
+    report::Report,
+    target::{InProcess, InProcessOptions, Target},
+    workloads::{HEALTH_CHECK, HealthLane, InteractionMix, RECORD_INTERACTION, RecordLane, SUBSCRIBE},
+};
+
+/// `crm bench …`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// The empty-call ceiling: unary grpc.health.v1.Health/Check.
+    Ceiling {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// RecordInteraction throughput and latency, beside the ceiling
+    /// measured just before it.
+    RecordInteraction {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Distinct customers the interactions are spread over.
+        #[arg(long, default_value_t = 1_000)]
+        customers: usize,
+        /// Calls of the ceiling measured first (default: --requests).
+        #[arg(long)]
+        ceiling_requests: Option<u64>,
+    },
+    /// Feed replay rate: fill the feed to --events if it holds fewer, then
+    /// Subscribe(after_sequence = 0) and read them all.
+    FeedReplay {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Events to replay.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Concurrent writers while filling the feed.
+        #[arg(long, default_value_t = 32)]
+        fill_concurrency: usize,
+        /// Distinct customers of the events written to fill the feed.
+        #[arg(long, default_value_t = 1_000)]
+        customers: usize,
+        /// Calls of the ceiling measured before the replay.
+        #[arg(long, default_value_t = 20_000)]
+        ceiling_requests: u64,
+        /// Lanes of the ceiling.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// HTTP/2 connections of the ceiling and the fill.
+        #[arg(long, default_value_t = DEFAULT_CONNECTIONS)]
+        connections: usize,
+        /// Replays measured, one after the other, each on a new connection.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+    },
+}
+
+/// Where the load goes.
+#[derive(Debug, Clone, Args)]
+struct TargetArgs {
+    /// The server, on loopback: `http://127.0.0.1:PORT`.
+    #[arg(long, required_unless_present = "in_process", conflicts_with = "in_process")]
+    addr: Option<String>,
+    /// Start identification and interaction in this process over a fresh
+    /// store instead (dropped after the run).
+    #[arg(long, value_enum)]
+    in_process: Option<StoreKind>,
+    /// PostgreSQL server for `--in-process postgres`; a database is created
+    /// on it for the run and dropped after.
+    #[arg(long, env = "CRM_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres_url: String,
+    /// Largest database pool of each in-process service.
+    #[arg(long, default_value_t = 16)]
+    db_max_connections: u32,
+    /// Also print the report as one JSON line (the last line of output).
+    #[arg(long)]
+    json: bool,
+}
+
+/// How much load.
+#[derive(Debug, Clone, Args)]
+struct LoadArgs {
+    /// Measured calls.
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Concurrent lanes, each with one call in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 connections the lanes share round-robin.
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS)]
+    connections: usize,
+    /// Calls made before measuring, not counted (default: a tenth of
+    /// --requests, at most 2,000).
+    #[arg(long)]
+    warmup: Option<u64>,
+}
+
+/// Connections shared by the lanes. Measured on two cores at concurrency
+/// 32 (ceiling, calls/s): 1 connection 24–32 k, 2 connections 30–39 k,
+/// 4 connections 21–29 k, one per lane 14–18 k: every connection is one
+/// more task to wake per call, and a single one serialises on its task.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+
+/// Longest a unary call may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl LoadArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.requests == 0 || self.concurrency == 0 || self.connections == 0 {
+            bail!("--requests, --concurrency and --connections must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn warmup(&self) -> u64 {
+        self.warmup.unwrap_or((self.requests / 10).min(2_000))
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.min(self.concurrency)
+    }
+}
+
+/// Log to stderr (stdout carries the report), with the servers' filter.
+pub fn init_logging() {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(crm_runtime::telemetry::DEFAULT_FILTER));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().compact().with_writer(std::io::stderr))
+        .try_init();
+}
+
+/// Run `crm bench`: print the report, and fail if any call failed.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let target_args = match &args.workload {
+        Workload::Ceiling { target, .. }
+        | Workload::RecordInteraction { target, .. }
+        | Workload::FeedReplay { target, .. } => target.clone(),
+    };
+    let target = match (&target_args.addr, target_args.in_process) {
+        (Some(addr), _) => Target::external(addr)?,
+        (None, Some(store)) => {
+            let options = InProcessOptions {
+                store,
+                postgres_url: target_args.postgres_url.clone(),
+                db_max_connections: target_args.db_max_connections,
+            };
+            InProcess::start(&options).await?
+        }
+        (None, None) => bail!("give --addr or --in-process"),
+    };
+    let result = tokio::select! {
+        r = run_workload(args.workload, &target) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let stopped = target.stop().await;
+    let report = result?;
+    stopped?;
+    print!("{}", report.text());
+    if target_args.json {
+        println!("{}", report.json());
+    }
+    report.verdict()
+}
+
+async fn run_workload(workload: Workload, target: &Target) -> anyhow::Result<Report> {
+    let url = target.url();
+    let mut report = Report::new(&url, &target.describe());
+    match workload {
+        Workload::Ceiling { load, .. } => {
+            load.check()?;
+            report.set_bench("ceiling");
+            let channels = target::connect(&url, load.connections(), Some(CALL_TIMEOUT)).await?;
+            let ceiling = measure(HealthLane::lanes(&channels, load.concurrency), &load, 0, "ceiling").await;
+            report.set_ceiling(ceiling.summary(HEALTH_CHECK, channels.len()), load.warmup());
+        }
+        Workload::RecordInteraction { load, customers, ceiling_requests, .. } => {
+            load.check()?;
+            report.set_bench("record-interaction");
+            let channels = target::connect(&url, load.connections(), Some(CALL_TIMEOUT)).await?;
+            let ceiling_load = LoadArgs { requests: ceiling_requests.unwrap_or(load.requests), ..load.clone() };
+            let ceiling = measure(HealthLane::lanes(&channels, load.concurrency), &ceiling_load, 0, "ceiling").await;
+            report.set_ceiling(ceiling.summary(HEALTH_CHECK, channels.len()), ceiling_load.warmup());
+            let mix = InteractionMix::new(customers);
+            let lanes = RecordLane::lanes(&channels, load.concurrency, &mix);
+            let workflow = measure(lanes, &load, 0, "record-interaction").await;
+            report.set_workflow(workflow.summary(RECORD_INTERACTION, channels.len()), load.warmup());
+            report.set_customers(customers);
+        }
+        Workload::FeedReplay {
+            events,
+            fill_concurrency,
+            customers,
+            ceiling_requests,
+            concurrency,
+            connections,
+            rounds,
+            ..
+        } => {
+            if events == 0 || fill_concurrency == 0 || concurrency == 0 || connections == 0 {
+                bail!("--events, --fill-concurrency, --concurrency and --connections must be at least 1");
+            }
+            report.set_bench("feed-replay");
+            let channels = target::connect(&url, connections.min(concurrency), Some(CALL_TIMEOUT)).await?;
+            let mix = InteractionMix::new(customers);
+            let head = workloads::probe_head(channels[0].clone(), &mix).await?;
+            let head = u64::try_from(head).unwrap_or(0);
+            if head < events {
+                let missing = events - head;
+                eprintln!("crm bench: the feed holds {head} events; writing {missing} more");
+                let lanes = RecordLane::lanes(&channels, fill_concurrency, &mix);
+                let (_, fill) = drive(lanes, 0, missing, "fill").await;
+                report.set_fill(fill.summary(RECORD_INTERACTION, channels.len()));
+            }
+            let ceiling_load = LoadArgs { requests: ceiling_requests, concurrency, connections, warmup: None };
+            ceiling_load.check()?;
+            let ceiling = measure(HealthLane::lanes(&channels, concurrency), &ceiling_load, 0, "ceiling").await;
+            report.set_ceiling(ceiling.summary(HEALTH_CHECK, channels.len()), ceiling_load.warmup());
+            for round in 1..=rounds.max(1) {
+                let stream = target::connect(&url, 1, None).await?;
+                let Some(channel) = stream.into_iter().next() else { bail!("no connection for the replay") };
+                eprintln!("crm bench: replaying {events} events (round {round})");
+                let replay = workloads::replay(channel, events).await?;
+                report.add_replay(SUBSCRIBE, replay);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Warm up (not measured), then measure `load.requests` calls numbered
+/// after the warm-up's.
+async fn measure<L: Lane>(lanes: Vec<L>, load: &LoadArgs, first: u64, label: &str) -> PhaseStats {
+    let warmup = load.warmup();
+    let lanes = if warmup > 0 { drive(lanes, first, warmup, &format!("{label} warm-up")).await.0 } else { lanes };
+    drive(lanes, first + warmup, load.requests, label).await.1
+}
