@@ -70,6 +70,17 @@ pub async fn append<C: ConnectionTrait>(c: &C, key: &str, kind: &str, payload: &
     Ok(sequence)
 }
 
+/// A row of `SELECT sequence, stream_key, kind, recorded_at_us, payload`.
+fn stored_event(r: &sea_orm::QueryResult) -> Result<StoredEvent, DbErr> {
+    Ok(StoredEvent {
+        sequence: r.try_get_by_index(0)?,
+        stream_key: r.try_get_by_index(1)?,
+        kind: r.try_get_by_index(2)?,
+        recorded_at_us: r.try_get_by_index(3)?,
+        payload: r.try_get_by_index(4)?,
+    })
+}
+
 /// A LIMIT every database accepts (PostgreSQL refuses negative ones).
 fn clamp(limit: u64) -> i64 {
     limit.min(i64::MAX as u64) as i64
@@ -84,17 +95,7 @@ pub async fn read_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) -> Re
             vec![after.into(), clamp(limit).into()],
         ))
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(StoredEvent {
-                sequence: r.try_get_by_index(0)?,
-                stream_key: r.try_get_by_index(1)?,
-                kind: r.try_get_by_index(2)?,
-                recorded_at_us: r.try_get_by_index(3)?,
-                payload: r.try_get_by_index(4)?,
-            })
-        })
-        .collect()
+    rows.iter().map(stored_event).collect()
 }
 
 /// The highest committed sequence (0 for an empty log).
@@ -123,17 +124,7 @@ pub async fn read_stream<C: ConnectionTrait>(
             vec![key.into(), after.into(), clamp(limit).into()],
         ))
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(StoredEvent {
-                sequence: r.try_get_by_index(0)?,
-                stream_key: r.try_get_by_index(1)?,
-                kind: r.try_get_by_index(2)?,
-                recorded_at_us: r.try_get_by_index(3)?,
-                payload: r.try_get_by_index(4)?,
-            })
-        })
-        .collect()
+    rows.iter().map(stored_event).collect()
 }
 
 /// Replace the payload of every event of `key` by what `redact` makes of

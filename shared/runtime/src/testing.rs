@@ -85,7 +85,9 @@ impl TestServer {
 
     /// A lazily connected channel to it.
     pub fn channel(&self) -> Channel {
-        match crate::client::channel(&self.url(), Some(Duration::from_secs(30))) {
+        // A little longer than the server allows, so the server's answer
+        // (or its timeout) is what the test sees.
+        match crate::client::channel(&self.url(), Some(self.settings.request_timeout + Duration::from_secs(20))) {
             Ok(c) => c,
             Err(e) => panic!("channel: {e}"),
         }
