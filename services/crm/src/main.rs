@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     // The bench report owns stdout: its logs go to stderr.
     let telemetry = match &cli.command {
         Command::Bench(_) => {
-            crm::bench::init_logging();
+            crm::bench::init_logging(cli.log_format);
             None
         }
         _ => Some(telemetry::init(cli.log_format.unwrap_or(default_format))),

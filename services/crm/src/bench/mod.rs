@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use crm_runtime::telemetry::LogFormat;
 
 pub use self::target::StoreKind;
 use self::{
@@ -162,15 +163,17 @@ impl LoadArgs {
     }
 }
 
-/// Log to stderr (stdout carries the report), with the servers' filter.
-pub fn init_logging() {
+/// Log to stderr (stdout carries the report), with the servers' filter;
+/// human-readable lines unless `format` asks for JSON.
+pub fn init_logging(format: Option<LogFormat>) {
     use tracing_subscriber::{EnvFilter, fmt, prelude::*};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(crm_runtime::telemetry::DEFAULT_FILTER));
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt::layer().compact().with_writer(std::io::stderr))
-        .try_init();
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        Some(LogFormat::Json) => registry.with(fmt::layer().json().with_writer(std::io::stderr)).try_init(),
+        _ => registry.with(fmt::layer().compact().with_writer(std::io::stderr)).try_init(),
+    };
 }
 
 /// Run `crm bench`: print the report, and fail if any call failed.
@@ -198,11 +201,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let stopped = target.stop().await;
     let report = result?;
-    stopped?;
     print!("{}", report.text());
     if target_args.json {
         println!("{}", report.json());
     }
+    stopped?;
     report.verdict()
 }
 
