@@ -65,28 +65,33 @@ pub fn record_of_touchpoint(attrs: &pb::ProfileAttributes, ids: &[Normalized]) -
 }
 
 /// Whether a record says enough about a person to be matched on: a name
-/// and at least one more fact.
+/// (given or family) and, all told, at least three facts (a missing given
+/// or family name is a common gap in a real base).
 pub fn matchable(r: &Record) -> bool {
-    let name = !r.given_name.is_empty() && !r.family_name.is_empty();
-    let more = r.birth_date.is_some()
-        || !r.street.is_empty()
-        || !r.postcode.is_empty()
-        || !r.phone.is_empty()
-        || !r.email.is_empty();
-    name && more
+    let facts = [
+        !r.given_name.is_empty(),
+        !r.family_name.is_empty(),
+        r.birth_date.is_some(),
+        !r.street.is_empty(),
+        !r.postcode.is_empty(),
+        !r.phone.is_empty(),
+        !r.email.is_empty(),
+    ];
+    let named = facts[0] || facts[1];
+    named && facts.iter().filter(|f| **f).count() >= 3
 }
 
-/// Whether what a touchpoint says of the person contradicts a profile on
-/// who they are: a clearly different given name or birth date. Emails and
-/// phones are shared in households (a landline, a family address), so a
-/// match on them alone does not outweigh this; spouses, siblings and twins
-/// differ exactly here.
+/// Whether what a touchpoint says of the person contradicts a record of a
+/// profile on who they are: a clearly different given name or birth date,
+/// unless the same personal e-mail vouches for them. Addresses, landlines
+/// and surnames are shared in households, so agreement on them does not
+/// outweigh this; spouses, parents and children, siblings and twins differ
+/// exactly here.
 pub fn contradicts_person(model: &MatchModel, touch: &Record, profile: &Record) -> bool {
-    model
-        .score(touch, profile)
-        .fields
-        .iter()
-        .any(|f| (f.field == "given_name" || f.field == "birth_date") && f.level == "different")
+    let scored = model.score(touch, profile);
+    let level = |name: &str| scored.fields.iter().find(|f| f.field == name).map_or("null", |f| f.level);
+    let vouched = matches!(level("email"), "exact" | "same_local");
+    !vouched && (level("given_name") == "different" || level("birth_date") == "different")
 }
 
 /// Identifiers that households share, whose match a contradicting person
@@ -95,44 +100,172 @@ pub fn shareable(kind: IdentifierType) -> bool {
     matches!(kind, IdentifierType::Email | IdentifierType::Phone)
 }
 
-/// Rewrite the blocking keys of a live profile (after any change).
+/// Records a profile keeps besides its current view; the least recently
+/// seen go first.
+pub const MAX_RECORDS: i64 = 16;
+
+/// The slot of a profile's current view in `profile_records`.
+const VIEW: i64 = 0;
+
+/// Keep a record a touchpoint told about `profile_id`'s person, so later
+/// resolves compare with it as well as with the profile's merged view.
+/// Returns whether it was new.
+pub async fn remember<C: ConnectionTrait>(c: &C, profile_id: &str, record: &Record, at_us: i64) -> Result<bool, DbErr> {
+    if !matchable(record) {
+        return Ok(false);
+    }
+    let backend = c.get_database_backend();
+    let fingerprint = record.fingerprint();
+    let known = c
+        .query_one_raw(crm_runtime::db::stmt(
+            backend,
+            "SELECT 1 FROM profile_records WHERE profile_id = ? AND fingerprint = ?",
+            vec![profile_id.into(), fingerprint.into()],
+        ))
+        .await?
+        .is_some();
+    let sql = if known {
+        "UPDATE profile_records SET seen_at_us = ? WHERE profile_id = ? AND fingerprint = ?"
+    } else {
+        "INSERT INTO profile_records (seen_at_us, profile_id, fingerprint, record) VALUES (?, ?, ?, ?)"
+    };
+    let mut values = vec![at_us.into(), profile_id.into(), fingerprint.into()];
+    if !known {
+        values.push(record.to_bytes().into());
+    }
+    c.execute_raw(crm_runtime::db::stmt(backend, sql, values)).await?;
+    if !known {
+        c.execute_raw(crm_runtime::db::stmt(
+            backend,
+            "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint <> ? AND fingerprint NOT IN \
+             (SELECT fingerprint FROM profile_records WHERE profile_id = ? AND fingerprint <> ? \
+              ORDER BY seen_at_us DESC, fingerprint DESC LIMIT ?)",
+            vec![profile_id.into(), VIEW.into(), profile_id.into(), VIEW.into(), MAX_RECORDS.into()],
+        ))
+        .await?;
+    }
+    Ok(!known)
+}
+
+/// Every record kept for `profile_id` (its view and what it was told).
+async fn records_of_ids<C: ConnectionTrait>(c: &C, ids: &[String]) -> Result<Vec<(String, Record)>, DbErr> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let marks = vec!["?"; ids.len()].join(", ");
+    let rows = c
+        .query_all_raw(crm_runtime::db::stmt(
+            c.get_database_backend(),
+            &format!(
+                "SELECT profile_id, record FROM profile_records WHERE profile_id IN ({marks}) ORDER BY profile_id, fingerprint"
+            ),
+            ids.iter().map(|i| i.clone().into()).collect(),
+        ))
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get_by_index(0)?;
+        let bytes: Vec<u8> = row.try_get_by_index(1)?;
+        // A record that does not decode is skipped, not fatal: it only
+        // narrows the evidence.
+        if let Some(r) = Record::from_bytes(&bytes) {
+            out.push((id, r));
+        }
+    }
+    Ok(out)
+}
+
+/// The records a live profile is compared by: its own view and records,
+/// or just its view when none were kept.
+pub async fn records_of<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> Result<Vec<Record>, DbErr> {
+    let mut records: Vec<Record> =
+        records_of_ids(c, std::slice::from_ref(&profile.id)).await?.into_iter().map(|(_, r)| r).collect();
+    if records.is_empty() {
+        records.push(record_of(profile));
+    }
+    Ok(records)
+}
+
+/// Rewrite a profile's current view and the blocking keys of everything
+/// kept for it (after any change). Records of a profile merged away stay
+/// under its id, which resolves to the survivor, so an unmerge needs no
+/// re-indexing beyond the two profiles' views.
 pub async fn index_profile<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> Result<(), DbErr> {
     let backend = c.get_database_backend();
+    let view = record_of(profile);
+    let told: Vec<Record> = records_of_ids(c, std::slice::from_ref(&profile.id))
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r != &view || !matchable(r))
+        .collect();
+    c.execute_raw(crm_runtime::db::stmt(
+        backend,
+        "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint = ?",
+        vec![profile.id.clone().into(), VIEW.into()],
+    ))
+    .await?;
+    let view_fingerprint = view.fingerprint();
+    let duplicate_view = told.iter().any(|r| r.fingerprint() == view_fingerprint);
+    if matchable(&view) && !duplicate_view {
+        c.execute_raw(crm_runtime::db::stmt(
+            backend,
+            "INSERT INTO profile_records (profile_id, fingerprint, seen_at_us, record) VALUES (?, ?, ?, ?)",
+            vec![profile.id.clone().into(), VIEW.into(), now().timestamp_micros().into(), view.to_bytes().into()],
+        ))
+        .await?;
+    }
     c.execute_raw(crm_runtime::db::stmt(
         backend,
         "DELETE FROM blocking_keys WHERE profile_id = ?",
         vec![profile.id.clone().into()],
     ))
     .await?;
-    let record = record_of(profile);
-    if !matchable(&record) {
-        return Ok(());
-    }
-    for key in matching::blocking_keys(&record) {
+    let mut keys: Vec<String> =
+        told.iter().chain(std::iter::once(&view)).filter(|r| matchable(r)).flat_map(matching::blocking_keys).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for chunk in keys.chunks(200) {
+        let rows = vec!["(?, ?)"; chunk.len()].join(", ");
+        let mut values = Vec::with_capacity(chunk.len() * 2);
+        for key in chunk {
+            values.push(key.clone().into());
+            values.push(profile.id.clone().into());
+        }
         c.execute_raw(crm_runtime::db::stmt(
             backend,
-            "INSERT INTO blocking_keys (key, profile_id) VALUES (?, ?) ON CONFLICT (key, profile_id) DO NOTHING",
-            vec![key.into(), profile.id.clone().into()],
+            &format!(
+                "INSERT INTO blocking_keys (key, profile_id) VALUES {rows} ON CONFLICT (key, profile_id) DO NOTHING"
+            ),
+            values,
         ))
         .await?;
     }
     Ok(())
 }
 
-/// Forget a profile's blocking keys (merged away or erased).
+/// Forget everything matching keeps of a profile (erased).
 pub async fn unindex_profile<C: ConnectionTrait>(c: &C, profile_id: &str) -> Result<(), DbErr> {
-    c.execute_raw(crm_runtime::db::stmt(
-        c.get_database_backend(),
-        "DELETE FROM blocking_keys WHERE profile_id = ?",
-        vec![profile_id.into()],
-    ))
-    .await?;
+    for sql in ["DELETE FROM blocking_keys WHERE profile_id = ?", "DELETE FROM profile_records WHERE profile_id = ?"] {
+        c.execute_raw(crm_runtime::db::stmt(c.get_database_backend(), sql, vec![profile_id.into()])).await?;
+    }
     Ok(())
 }
 
-/// Profiles sharing a blocking key with `record`, skipping keys whose block
-/// is larger than `MAX_BLOCK`.
-pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Vec<String>, DbErr> {
+/// A live profile that shares a blocking key with a touchpoint, with every
+/// record kept for it (and for the profiles merged into it that share a key).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The live profile.
+    pub profile_id: String,
+    /// Its records.
+    pub records: Vec<Record>,
+}
+
+/// Live profiles sharing a blocking key with `record`, skipping keys whose
+/// block is larger than `MAX_BLOCK`. Keys of a merged-away profile count
+/// for its survivor; erased profiles have none.
+pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Vec<Candidate>, DbErr> {
     let keys = matching::blocking_keys(record);
     if keys.is_empty() {
         return Ok(vec![]);
@@ -161,11 +294,66 @@ pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Ve
     let rows = c
         .query_all_raw(crm_runtime::db::stmt(
             backend,
-            &format!("SELECT DISTINCT profile_id FROM blocking_keys WHERE key IN ({marks})"),
+            &format!("SELECT DISTINCT profile_id FROM blocking_keys WHERE key IN ({marks}) ORDER BY profile_id"),
             usable.into_iter().map(Into::into).collect(),
         ))
         .await?;
-    rows.iter().map(|r| r.try_get_by_index::<String>(0)).collect()
+    let origins: Vec<String> = rows.iter().map(|r| r.try_get_by_index::<String>(0)).collect::<Result<_, _>>()?;
+    let live = live_ids(c, &origins).await?;
+    let mut grouped: std::collections::BTreeMap<String, Vec<Record>> = std::collections::BTreeMap::new();
+    for (origin, record) in records_of_ids(c, &origins).await? {
+        if let Some(l) = live.get(&origin) {
+            grouped.entry(l.clone()).or_default().push(record);
+        }
+    }
+    Ok(grouped.into_iter().map(|(profile_id, records)| Candidate { profile_id, records }).collect())
+}
+
+/// The live profile each id stands for: itself, or the survivor it was
+/// merged into (following chains); erased ones are left out.
+async fn live_ids<C: ConnectionTrait>(
+    c: &C,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, String>, DbErr> {
+    use crate::store::status;
+    let mut out = std::collections::HashMap::new();
+    // (origin, the id to look at next)
+    let mut pending: Vec<(String, String)> = ids.iter().map(|i| (i.clone(), i.clone())).collect();
+    for _ in 0..32 {
+        if pending.is_empty() {
+            break;
+        }
+        let mut look: Vec<String> = pending.iter().map(|(_, at)| at.clone()).collect();
+        look.sort_unstable();
+        look.dedup();
+        let marks = vec!["?"; look.len()].join(", ");
+        let rows = c
+            .query_all_raw(crm_runtime::db::stmt(
+                c.get_database_backend(),
+                &format!("SELECT id, status, merged_into FROM profiles WHERE id IN ({marks})"),
+                look.into_iter().map(Into::into).collect(),
+            ))
+            .await?;
+        let mut state = std::collections::HashMap::new();
+        for row in rows {
+            let id: String = row.try_get_by_index(0)?;
+            let st: i32 = row.try_get_by_index(1)?;
+            let into: Option<String> = row.try_get_by_index(2)?;
+            state.insert(id, (st, into));
+        }
+        let mut next = Vec::new();
+        for (origin, at) in pending {
+            match state.get(&at) {
+                Some((st, _)) if *st == status::ACTIVE => {
+                    out.insert(origin, at);
+                }
+                Some((st, Some(into))) if *st == status::MERGED => next.push((origin, into.clone())),
+                _ => {}
+            }
+        }
+        pending = next;
+    }
+    Ok(out)
 }
 
 /// The explanation of a probabilistic score, as the API shows it.
@@ -312,4 +500,33 @@ async fn save_trained(
         iterations: trained.iterations as i32,
         pair_count: trained.pair_count as i64,
     })
+}
+
+/// Index every live profile that has no records kept yet (a store from
+/// before records were kept), in pages; run at start, before serving.
+pub async fn backfill(store: &Store) -> Result<u64, RuntimeError> {
+    let mut after = String::new();
+    let mut indexed = 0;
+    loop {
+        let rows = store
+            .conn()
+            .query_all_raw(crm_runtime::db::stmt(
+                store.backend(),
+                "SELECT id FROM profiles p WHERE status = ? AND id > ? \
+                 AND NOT EXISTS (SELECT 1 FROM profile_records r WHERE r.profile_id = p.id) ORDER BY id LIMIT 500",
+                vec![crate::store::status::ACTIVE.into(), after.clone().into()],
+            ))
+            .await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.try_get_by_index::<String>(0)).collect::<Result<_, _>>()?;
+        let Some(last) = ids.last() else { return Ok(indexed) };
+        after.clone_from(last);
+        let tx = store.begin_write().await?;
+        for id in &ids {
+            if let Some(profile) = crate::store::load_profile(&*tx, id).await? {
+                index_profile(&*tx, &profile).await?;
+                indexed += 1;
+            }
+        }
+        tx.commit().await?;
+    }
 }

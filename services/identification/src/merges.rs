@@ -140,7 +140,8 @@ pub async fn merge_in(
         vec![status::MERGED.into(), s_row.id.clone().into(), at.timestamp_micros().into(), m_row.id.clone().into()],
     ))
     .await?;
-    crate::matcher::unindex_profile(&**tx, &m_row.id).await?;
+    // Its blocking keys and records stay under its id, which now stands
+    // for the survivor: what it was told keeps recognising the person.
     let (merge_seq, _) = tx
         .append_with(&s_row.id, |seq| {
             event(

@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(ProfileSearchAndStatus),
             Box::new(MergeTables),
             Box::new(MatchingTables),
+            Box::new(ProfileRecords),
         ]
     }
 }
@@ -283,6 +284,42 @@ impl MigrationTrait for MatchingTables {
         for t in ["match_decisions", "never_match", "review_items", "matcher_models", "blocking_keys"] {
             manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
+        Ok(())
+    }
+}
+
+/// Every distinct record a profile was told (each touchpoint's view of the
+/// person), kept so a resolve compares a newcomer with all of them, not
+/// only with the profile's merged view. Slot 0 of a profile is its current
+/// view; other rows are keyed by the record's fingerprint.
+pub struct ProfileRecords;
+
+impl MigrationName for ProfileRecords {
+    fn name(&self) -> &str {
+        "m20261123_000005_profile_records"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ProfileRecords {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("profile_records")
+                    .col(ColumnDef::new("profile_id").string().not_null())
+                    .col(ColumnDef::new("fingerprint").big_integer().not_null())
+                    .col(ColumnDef::new("seen_at_us").big_integer().not_null())
+                    .col(ColumnDef::new("record").blob().not_null())
+                    .primary_key(Index::create().col("profile_id").col("fingerprint"))
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.drop_table(Table::drop().table("profile_records").if_exists().to_owned()).await?;
         Ok(())
     }
 }

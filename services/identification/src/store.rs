@@ -221,35 +221,36 @@ async fn resolve_once(
         .collect();
     let unowned: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| !matches.iter().any(|(m, _)| m == *n)).collect();
 
-    // The strongest match decides, unless the touchpoint carries a
-    // single-valued identifier (a customer number) that contradicts the
-    // profile's: then it is another person.
     // The strongest identifier decides, unless the touchpoint carries a
     // single-valued identifier (a customer number) that contradicts the
     // profile's, or the profile was found by a shareable identifier (email,
     // phone) and the person clearly differs (a household member): then it
-    // is another person, and that profile is out of the running.
+    // is another person. A contradicting customer number rules the profile
+    // out; a household member is left to the weight of all the evidence.
     let touch_record = matcher::record_of_touchpoint(&cmd.attributes, &cmd.identifiers);
     let mut excluded: Vec<String> = Vec::new();
+    let mut household: Vec<String> = Vec::new();
     let mut chosen: Option<Target> = None;
     let mut by_strength: Vec<&(Normalized, String)> = matches.iter().collect();
     by_strength.sort_by_key(|(n, _)| std::cmp::Reverse(domain::normalize::priority(n.kind)));
     for (matched, profile_id) in by_strength {
-        if excluded.contains(profile_id) {
+        if excluded.contains(profile_id) || household.contains(profile_id) {
             continue;
         }
         let held = held_identifiers(&*tx, profile_id).await?;
-        let mut ruled_out = unowned.iter().any(|n| domain::profile::contradicts(&held, n));
-        if !ruled_out
-            && matcher::shareable(matched.kind)
+        if unowned.iter().any(|n| domain::profile::contradicts(&held, n)) {
+            excluded.push(profile_id.clone());
+            continue;
+        }
+        if matcher::shareable(matched.kind)
             && let Some(profile) = load_profile(&*tx, profile_id).await?
         {
             let (_, model) = matcher.active(&*tx).await?;
-            ruled_out = matcher::contradicts_person(&model, &touch_record, &matcher::record_of(&profile));
-        }
-        if ruled_out {
-            excluded.push(profile_id.clone());
-            continue;
+            let records = matcher::records_of(&*tx, &profile).await?;
+            if records.iter().all(|r| matcher::contradicts_person(&model, &touch_record, r)) {
+                household.push(profile_id.clone());
+                continue;
+            }
         }
         chosen = Some(Target {
             profile_id: profile_id.clone(),
@@ -271,22 +272,24 @@ async fn resolve_once(
     let mut review: Option<(String, MatchExplanation)> = None;
     let mut near_miss: Option<MatchExplanation> = None;
     if chosen.is_none() {
-        let record = touch_record;
-        if matcher::matchable(&record) {
+        let record = &touch_record;
+        if matcher::matchable(record) {
             let (_, model) = matcher.active(&*tx).await?;
             let mut best: Option<(String, matching::Scored)> = None;
-            for candidate in matcher::candidates(&*tx, &record).await? {
-                if excluded.contains(&candidate) {
+            // Each candidate is compared by every record kept for it; its
+            // best agreement counts.
+            for candidate in matcher::candidates(&*tx, record).await? {
+                if excluded.contains(&candidate.profile_id) {
                     continue;
                 }
-                let Some(profile) = load_profile(&*tx, &candidate).await? else { continue };
-                let stored = matcher::record_of(&profile);
-                if matcher::contradicts_person(&model, &record, &stored) {
-                    continue;
-                }
-                let scored = model.score(&record, &stored);
-                if best.as_ref().is_none_or(|(_, b)| scored.total_weight > b.total_weight) {
-                    best = Some((candidate, scored));
+                for stored in &candidate.records {
+                    if matcher::contradicts_person(&model, record, stored) {
+                        continue;
+                    }
+                    let scored = model.score(record, stored);
+                    if best.as_ref().is_none_or(|(_, b)| scored.total_weight > b.total_weight) {
+                        best = Some((candidate.profile_id.clone(), scored));
+                    }
                 }
             }
             if let Some((candidate, scored)) = best {
@@ -359,6 +362,7 @@ async fn resolve_once(
                 })
                 .await?;
             sequence = seq;
+            matcher::remember(&*tx, &profile.id, &touch_record, at_us).await?;
             matcher::index_profile(&*tx, &profile).await?;
             // Why it was not linked: the closest candidate's weights, if any.
             let why = review.as_ref().map(|(_, e)| e.clone()).or(near_miss).unwrap_or_default();
@@ -451,7 +455,8 @@ async fn resolve_once(
                     .await?
                     .ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?,
             };
-            if sequence > 0 {
+            let told = matcher::remember(&*tx, &profile_id, &touch_record, at_us).await?;
+            if sequence > 0 || told {
                 matcher::index_profile(&*tx, &full).await?;
             }
             pb::ResolveIdentityResponse {
@@ -524,32 +529,29 @@ pub mod review_status {
     pub const REJECTED: i32 = 3;
 }
 
-/// Every live profile's matching record, read in pages (for training).
+/// Every record kept for matching (each profile's view and what it was
+/// told), read in pages (for training). Erased profiles keep none.
 pub async fn all_records(store: &Store) -> Result<Vec<matching::Record>, RuntimeError> {
     let mut out = Vec::new();
-    let mut after = String::new();
+    let (mut after_id, mut after_fp) = (String::new(), i64::MIN);
     loop {
-        let rows = profiles::Entity::find()
-            .filter(profiles::Column::Status.eq(status::ACTIVE))
-            .filter(profiles::Column::Id.gt(after.as_str()))
-            .order_by_asc(profiles::Column::Id)
-            .limit(5_000)
-            .all(store.conn())
+        let rows = store
+            .conn()
+            .query_all_raw(crm_runtime::db::stmt(
+                store.backend(),
+                "SELECT profile_id, fingerprint, record FROM profile_records \
+                 WHERE profile_id > ? OR (profile_id = ? AND fingerprint > ?) \
+                 ORDER BY profile_id, fingerprint LIMIT 10000",
+                vec![after_id.clone().into(), after_id.clone().into(), after_fp.into()],
+            ))
             .await?;
         let Some(last) = rows.last() else { break };
-        after.clone_from(&last.id);
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let mut held: std::collections::HashMap<String, Vec<pb::ProfileIdentifier>> = std::collections::HashMap::new();
-        for i in identifiers::Entity::find().filter(identifiers::Column::ProfileId.is_in(ids)).all(store.conn()).await?
-        {
-            held.entry(i.profile_id.clone()).or_default().push(identifier_from_row(i));
-        }
+        after_id = last.try_get_by_index(0)?;
+        after_fp = last.try_get_by_index(1)?;
         for row in &rows {
-            let mut p = decode_profile(row)?;
-            p.identifiers = held.remove(&row.id).unwrap_or_default();
-            let record = matcher::record_of(&p);
-            if matcher::matchable(&record) {
-                out.push(record);
+            let bytes: Vec<u8> = row.try_get_by_index(2)?;
+            if let Some(r) = matching::Record::from_bytes(&bytes) {
+                out.push(r);
             }
         }
     }
@@ -584,6 +586,7 @@ async fn forget_matching(tx: &WriteTxn, profile_id: &str) -> Result<(), DbErr> {
     for sql in [
         "DELETE FROM match_decisions WHERE profile_id = ?",
         "DELETE FROM blocking_keys WHERE profile_id = ?",
+        "DELETE FROM profile_records WHERE profile_id = ?",
         "DELETE FROM review_items WHERE profile_id = ? OR candidate_profile_id = ?",
         "DELETE FROM never_match WHERE low_id = ? OR high_id = ?",
     ] {

@@ -1,8 +1,9 @@
 //! Matching quality through the service, the way production sees it: a
-//! FEBRL-style base of people is resolved, the matcher is trained on it,
-//! then corrupted duplicates arrive one at a time through ResolveIdentity.
-//! Pairwise precision and recall of the links are measured against the
-//! generator's truth.
+//! FEBRL-style customer base (the originals and, as in any real base, some
+//! of their corrupted duplicates) is resolved record by record, the matcher
+//! is trained on it, then the remaining duplicates arrive one at a time
+//! through ResolveIdentity. Pairwise precision and recall of every link
+//! (base and arrivals) are measured against the generator's truth.
 //!
 //! The small run is a regression test; the large one is the benchmark of
 //! BENCHMARKS.md:
@@ -66,14 +67,16 @@ struct Run {
     rejected: usize,
 }
 
-async fn run(originals: usize, duplicates_per_original: f64, seed: u64) -> Run {
+/// `base_share`: the share of the duplicates already in the base.
+async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, seed: u64) -> Run {
     let server = TestServer::start(ServiceKind::Identification, Peers::default(), |s, sd| async move {
         crm_identification::start(&s, sd).await
     })
     .await;
     let mut client = IdentificationServiceClient::new(server.channel());
     let data = matching::generate(originals, duplicates_per_original, seed);
-    let (base, arrivals): (Vec<_>, Vec<_>) = data.iter().enumerate().partition(|(i, _)| *i < originals);
+    let in_base = originals + ((data.len() - originals) as f64 * base_share) as usize;
+    let (base, arrivals): (Vec<_>, Vec<_>) = data.iter().enumerate().partition(|(i, _)| *i < in_base);
 
     let mut truth = Vec::new();
     let mut predicted = Vec::new();
@@ -147,15 +150,16 @@ fn report(name: &str, r: &Run) {
 
 #[tokio::test]
 async fn duplicates_arriving_one_at_a_time_are_linked_precisely() {
-    let r = run(300, 1.0, 11).await;
+    let r = run(300, 1.0, 0.5, 11).await;
     report("quality-small", &r);
     assert!(r.metrics.precision >= 0.99, "precision {}", r.metrics.precision);
-    assert!(r.metrics.f1 >= 0.90, "f1 {}", r.metrics.f1);
+    assert!(r.metrics.recall >= 0.96, "recall {}", r.metrics.recall);
+    assert!(r.metrics.f1 >= 0.975, "f1 {}", r.metrics.f1);
 }
 
 #[tokio::test]
 #[ignore = "benchmark: run in release, see BENCHMARKS.md"]
 async fn benchmark_matching_quality() {
-    let r = run(10_000, 1.0, 2026).await;
+    let r = run(10_000, 1.0, 0.5, 2026).await;
     report("quality-10k", &r);
 }

@@ -94,9 +94,102 @@ impl Record {
     }
 }
 
+impl Record {
+    /// A compact, self-describing encoding for storage: each text field as
+    /// a little-endian `u32` length and its bytes, then the birth date as a
+    /// presence byte and three numbers.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        for field in self.texts() {
+            out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            out.extend_from_slice(field.as_bytes());
+        }
+        match self.birth_date {
+            Some((y, m, d)) => {
+                out.push(1);
+                out.extend_from_slice(&y.to_le_bytes());
+                out.extend_from_slice(&m.to_le_bytes());
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        out
+    }
+
+    /// Decode [`Record::to_bytes`]; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Record> {
+        let mut rest = bytes;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            rest = tail;
+            Some(head)
+        };
+        let mut texts: [String; 7] = Default::default();
+        for text in &mut texts {
+            let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            *text = String::from_utf8(take(len)?.to_vec()).ok()?;
+        }
+        let birth_date = match take(1)?[0] {
+            0 => None,
+            1 => Some((
+                i32::from_le_bytes(take(4)?.try_into().ok()?),
+                u32::from_le_bytes(take(4)?.try_into().ok()?),
+                u32::from_le_bytes(take(4)?.try_into().ok()?),
+            )),
+            _ => return None,
+        };
+        if !rest.is_empty() {
+            return None;
+        }
+        let [given_name, family_name, street, postcode, locality, phone, email] = texts;
+        Some(Record { given_name, family_name, birth_date, street, postcode, locality, phone, email })
+    }
+
+    /// A stable, non-zero 63-bit fingerprint of the record (FNV-1a of its
+    /// encoding), to keep each distinct record once.
+    pub fn fingerprint(&self) -> i64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.to_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        ((h >> 1) as i64).max(1)
+    }
+
+    fn texts(&self) -> [&str; 7] {
+        [&self.given_name, &self.family_name, &self.street, &self.postcode, &self.locality, &self.phone, &self.email]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_round_trip_through_bytes() {
+        let r = Record {
+            given_name: "maria jose".into(),
+            family_name: "garcia lopez".into(),
+            birth_date: Some((1980, 2, 0)),
+            street: "c mayor 12".into(),
+            postcode: "28013".into(),
+            locality: "mostoles".into(),
+            phone: "+34600111222".into(),
+            email: "mj@example.com".into(),
+        };
+        assert_eq!(Record::from_bytes(&r.to_bytes()), Some(r.clone()));
+        let empty = Record::default();
+        assert_eq!(Record::from_bytes(&empty.to_bytes()), Some(empty.clone()));
+        assert_ne!(r.fingerprint(), empty.fingerprint());
+        assert!(r.fingerprint() > 0 && empty.fingerprint() > 0);
+        let bytes = r.to_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(Record::from_bytes(&bytes[..cut]), None, "truncated at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Record::from_bytes(&longer), None);
+    }
 
     #[test]
     fn normalized_folds_every_field() {
