@@ -144,7 +144,8 @@ pub struct Consumer<E> {
 }
 
 impl<E: FeedEvent> Consumer<E> {
-    /// Start following the feed in the background until `shutdown`.
+    /// Start following the feed in the background until `shutdown` has
+    /// drained (in-flight reads may be waiting for the next event).
     pub async fn spawn(self, shutdown: Shutdown) -> Result<Progress, DbErr> {
         let start = load_cursor(self.store.conn(), &self.name).await?;
         let (applied_tx, applied_rx) = watch::channel(start);
@@ -156,7 +157,7 @@ impl<E: FeedEvent> Consumer<E> {
     async fn run(self, applied: watch::Sender<i64>, connected: watch::Sender<bool>, shutdown: Shutdown) {
         let mut backoff = Backoff::new();
         loop {
-            if shutdown.is_triggered() {
+            if shutdown.is_drained() {
                 return;
             }
             let cursor = match load_cursor(self.store.conn(), &self.name).await {
@@ -183,14 +184,16 @@ impl<E: FeedEvent> Consumer<E> {
                         continue;
                     }
                 },
-                _ = shutdown.wait() => return,
+                _ = shutdown.drained() => return,
             };
             connected.send_replace(true);
             tracing::info!(feed = %self.name, after = cursor, "following feed");
             loop {
+                // Once drained, stop before applying anything more.
                 let next = tokio::select! {
+                    biased;
+                    _ = shutdown.drained() => return,
                     n = stream.next() => n,
-                    _ = shutdown.wait() => return,
                 };
                 let event = match next {
                     Some(Ok(e)) => e,
@@ -245,7 +248,7 @@ impl Backoff {
         self.next = (self.next * 2).min(Duration::from_secs(5));
         tokio::select! {
             _ = tokio::time::sleep(d) => false,
-            _ = shutdown.wait() => true,
+            _ = shutdown.drained() => true,
         }
     }
 }

@@ -10,11 +10,40 @@ use tonic_health::ServingStatus;
 
 use crate::config::Settings;
 
-/// A shutdown signal that any number of tasks can wait on.
+/// A shutdown signal that any number of tasks can wait on, in two phases:
+/// *triggered* (stop accepting work: health turns NOT_SERVING, listeners
+/// close, feeds end) and *drained* (every server started with it has
+/// finished its in-flight calls, or given up at the drain timeout). Work
+/// that in-flight calls depend on, such as the feed consumers a
+/// `min_sequence` read waits for, runs until drained.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-    tx: Arc<watch::Sender<bool>>,
+    rx: watch::Receiver<Phase>,
+    tx: Arc<watch::Sender<Phase>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Phase {
+    triggered: bool,
+    /// Servers started with this signal that have not finished yet.
+    serving: usize,
+}
+
+impl Phase {
+    fn drained(self) -> bool {
+        self.triggered && self.serving == 0
+    }
+}
+
+/// Held by a running server; dropping it tells the signal that server has
+/// finished.
+#[derive(Debug)]
+pub struct ServingGuard(Arc<watch::Sender<Phase>>);
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|p| p.serving = p.serving.saturating_sub(1));
+    }
 }
 
 impl Default for Shutdown {
@@ -26,24 +55,41 @@ impl Default for Shutdown {
 impl Shutdown {
     /// A signal not yet triggered.
     pub fn new() -> Self {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(Phase::default());
         Shutdown { rx, tx: Arc::new(tx) }
     }
 
     /// Trigger it (idempotent).
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.tx.send_modify(|p| p.triggered = true);
     }
 
     /// Whether it was triggered.
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
+        self.rx.borrow().triggered
     }
 
     /// Resolves once triggered.
     pub async fn wait(&self) {
         let mut rx = self.rx.clone();
-        let _ = rx.wait_for(|&t| t).await;
+        let _ = rx.wait_for(|p| p.triggered).await;
+    }
+
+    /// Whether it was triggered and every server has finished.
+    pub fn is_drained(&self) -> bool {
+        self.rx.borrow().drained()
+    }
+
+    /// Resolves once triggered and every server has finished.
+    pub async fn drained(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|p| p.drained()).await;
+    }
+
+    /// Count a server as running until the guard is dropped.
+    pub fn serving(&self) -> ServingGuard {
+        self.tx.send_modify(|p| p.serving += 1);
+        ServingGuard(self.tx.clone())
     }
 
     /// A signal triggered by SIGTERM or SIGINT (Ctrl-C).
@@ -190,13 +236,19 @@ where
     }
 
     let drain = settings.drain_timeout;
+    let guard = shutdown.serving();
+    let names = spec.grpc_names.clone();
     let task = tokio::spawn(async move {
+        let _guard = guard;
         let stop = {
             let shutdown = shutdown.clone();
             let health = health.clone();
             async move {
                 shutdown.wait().await;
                 health.set_service_status("", ServingStatus::NotServing).await;
+                for name in names {
+                    health.set_service_status(name, ServingStatus::NotServing).await;
+                }
             }
         };
         // Accepted sockets must not wait for delayed ACKs (Nagle): small

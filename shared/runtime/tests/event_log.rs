@@ -201,6 +201,45 @@ async fn a_restarted_consumer_resumes_from_its_cursor_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_consumer_keeps_applying_while_its_server_drains_and_stops_once_drained() {
+    let source_db = TestDb::new("source").await;
+    let sink_db = TestDb::new("sink").await;
+    let source = store(&source_db).await;
+    let sink = store(&sink_db).await;
+    sink.conn().execute_unprepared("CREATE TABLE applied (sequence BIGINT PRIMARY KEY)").await.expect("table");
+    append(&source, "p0").await;
+    // The feed belongs to another service, which keeps running.
+    let feed_shutdown = Shutdown::new();
+    let shutdown = Shutdown::new();
+    let server = shutdown.serving();
+    let consumer = Consumer {
+        name: "source".into(),
+        store: sink.clone(),
+        source: Arc::new(LocalFeed { store: source.clone(), shutdown: feed_shutdown.clone() }),
+        projection: Arc::new(Counter { fail_on: Mutex::new(None) }),
+    };
+    let progress = consumer.spawn(shutdown.clone()).await.expect("spawn");
+    crm_runtime::consistency::wait_for(progress.watch(), 1, Duration::from_secs(10)).await.expect("caught up");
+
+    // Shutdown starts; a call in flight still waits for the next event.
+    shutdown.trigger();
+    assert!(shutdown.is_triggered() && !shutdown.is_drained());
+    append(&source, "p1").await;
+    crm_runtime::consistency::wait_for(progress.watch(), 2, Duration::from_secs(10))
+        .await
+        .expect("applied while the server drains");
+
+    // The server has finished: the consumer stops.
+    drop(server);
+    assert!(shutdown.is_drained());
+    append(&source, "p2").await;
+    let after = crm_runtime::consistency::wait_for(progress.watch(), 3, Duration::from_secs(10)).await;
+    assert!(after.is_err(), "a drained consumer stops");
+    feed_shutdown.trigger();
+    assert_eq!(applied(&sink).await, vec![1, 2]);
+}
+
+#[tokio::test]
 async fn idempotency_keys_replay_the_first_response() {
     let db = TestDb::new("runtime").await;
     let store = store(&db).await;
