@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod conversions;
 pub mod domain;
 pub mod migration;
 pub mod store;
@@ -15,7 +16,7 @@ use crm_proto::differentiation::v1::differentiation_service_server::Differentiat
 use crm_runtime::{
     client,
     config::{ServiceKind, Settings},
-    consumer::{Consumer, InteractionFeed},
+    consumer::{Consumer, InteractionFeed, ProfileFeed},
     db::Store,
     server::{Running, ServeError, ServiceSpec, Shutdown, spawn},
 };
@@ -27,8 +28,12 @@ pub const SERVICE_NAME: &str = <DifferentiationServiceServer<api::Differentiatio
 /// The cursor name of the interaction feed consumer.
 pub const INTERACTION_FEED: &str = "interaction";
 
-/// Connect and migrate the store, follow the interaction feed, then serve
-/// until `shutdown`. Health turns SERVING once the feed is connected.
+/// The cursor name of the identification feed consumer.
+pub const IDENTIFICATION_FEED: &str = "identification";
+
+/// Connect and migrate the store, follow the interaction feed (and the
+/// identification feed when its address is configured), then serve until
+/// `shutdown`. Health turns SERVING once the feeds are connected.
 pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, ServeError> {
     let interaction = settings.peers.require(ServiceKind::Interaction)?;
     let store = Store::connect(&settings.database_url, settings.db_max_connections).await?;
@@ -40,11 +45,29 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, S
         projection: Arc::new(store::PurchaseSummaryProjection),
     };
     let progress = consumer.spawn(shutdown.clone()).await?;
-    let api = api::DifferentiationApi::new(store, progress.clone(), settings.request_timeout);
+    let identity = match &settings.peers.identification {
+        Some(addr) => {
+            let consumer = Consumer {
+                name: IDENTIFICATION_FEED.to_owned(),
+                store: store.clone(),
+                source: Arc::new(ProfileFeed(client::channel(addr, None)?)),
+                projection: Arc::new(store::IdentityProjection),
+            };
+            Some(consumer.spawn(shutdown.clone()).await?)
+        }
+        None => None,
+    };
+    let api = api::DifferentiationApi::new(store, progress.clone(), settings.request_timeout)
+        .following_identification(identity.clone());
     let service = DifferentiationServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
-    let ready = async move { progress.connected().await };
+    let ready = async move {
+        progress.connected().await;
+        if let Some(p) = identity {
+            p.connected().await;
+        }
+    };
     let spec = ServiceSpec { grpc_names: vec![SERVICE_NAME], routes: tonic::service::Routes::new(service), ready };
     spawn(settings, spec, shutdown).await
 }

@@ -2,11 +2,15 @@
 //! interaction server's feed, on SQLite or PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cdnow;
+mod lifecycle;
+
 use std::time::Duration;
 
 use crm_proto::{
     common::v1::{Channel, FeedSequences},
     differentiation::v1::{self as pb, differentiation_service_client::DifferentiationServiceClient},
+    identification::v1::identification_service_client::IdentificationServiceClient,
     interaction::v1::{self as ipb, interaction_service_client::InteractionServiceClient},
 };
 use crm_runtime::{
@@ -19,15 +23,16 @@ use crm_runtime::{
 use tonic::{Code, Request, transport::Channel as GrpcChannel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-struct App {
+pub(crate) struct App {
     _identification: TestServer,
     _interaction: TestServer,
     _differentiation: TestServer,
-    interactions: InteractionServiceClient<GrpcChannel>,
-    values: DifferentiationServiceClient<GrpcChannel>,
+    pub(crate) interactions: InteractionServiceClient<GrpcChannel>,
+    pub(crate) values: DifferentiationServiceClient<GrpcChannel>,
+    pub(crate) profiles: IdentificationServiceClient<GrpcChannel>,
 }
 
-async fn spawn_app() -> App {
+pub(crate) async fn spawn_app() -> App {
     let identification = TestServer::start(ServiceKind::Identification, Peers::default(), |s, sd| async move {
         crm_identification::start(&s, sd).await
     })
@@ -36,12 +41,17 @@ async fn spawn_app() -> App {
     let interaction =
         TestServer::start(ServiceKind::Interaction, peers, |s, sd| async move { crm_interaction::start(&s, sd).await })
             .await;
-    let peers = Peers { interaction: Some(interaction.url()), ..Default::default() };
+    let peers = Peers {
+        interaction: Some(interaction.url()),
+        identification: Some(identification.url()),
+        ..Default::default()
+    };
     let differentiation = TestServer::start(ServiceKind::Differentiation, peers, |s, sd| async move {
         crm_differentiation::start(&s, sd).await
     })
     .await;
     App {
+        profiles: IdentificationServiceClient::new(identification.channel()),
         interactions: InteractionServiceClient::new(interaction.channel()),
         values: DifferentiationServiceClient::new(differentiation.channel()),
         _identification: identification,
@@ -50,7 +60,7 @@ async fn spawn_app() -> App {
     }
 }
 
-fn purchase(customer: &str, day: i64, currency: &str, price: i64, cost: i64) -> ipb::RecordPurchaseRequest {
+pub(crate) fn purchase(customer: &str, day: i64, currency: &str, price: i64, cost: i64) -> ipb::RecordPurchaseRequest {
     ipb::RecordPurchaseRequest {
         customer_id: customer.to_owned(),
         channel: Channel::Web as i32,
@@ -67,7 +77,7 @@ fn purchase(customer: &str, day: i64, currency: &str, price: i64, cost: i64) -> 
     }
 }
 
-fn at(seq: i64) -> Option<FeedSequences> {
+pub(crate) fn at(seq: i64) -> Option<FeedSequences> {
     Some(FeedSequences { interaction_sequence: seq, identification_sequence: 0 })
 }
 
@@ -172,17 +182,43 @@ async fn invalid_reads_are_refused() {
         .await
         .expect_err("negative");
     assert_eq!(err.code(), Code::InvalidArgument);
+    let mut req = Request::new(pb::GetCustomerValueRequest {
+        customer_id: new_id(),
+        min_sequence: Some(FeedSequences { identification_sequence: 1_000, interaction_sequence: 0 }),
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let err = app.values.get_customer_value(req).await.expect_err("identification position not reached");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    let err = app.values.fit_value_model(pb::FitValueModelRequest::default()).await.expect_err("no purchases");
+    assert_eq!(err.code(), Code::FailedPrecondition);
     let err = app
         .values
-        .get_customer_value(pb::GetCustomerValueRequest {
-            customer_id: new_id(),
-            min_sequence: Some(FeedSequences { identification_sequence: 3, interaction_sequence: 0 }),
+        .fit_value_model(pb::FitValueModelRequest {
+            currency_code: "usd".into(),
+            horizon_days: 100_000,
+            monthly_discount_rate: Some(-0.5),
+            ..Default::default()
         })
         .await
-        .expect_err("not followed yet");
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    let err = app.values.fit_value_model(pb::FitValueModelRequest::default()).await.expect_err("later");
-    assert_eq!(err.code(), Code::Unimplemented);
+        .expect_err("bad fit");
+    assert_eq!(
+        field_violations(&err).into_iter().map(|(f, _)| f).collect::<Vec<_>>(),
+        ["currency_code", "horizon_days", "monthly_discount_rate"]
+    );
+    let err = app.values.get_value_model(pb::GetValueModelRequest { version: -1 }).await.expect_err("negative");
+    assert_eq!(field_violations(&err)[0].0, "version");
+    let err = app.values.get_value_model(pb::GetValueModelRequest { version: 0 }).await.expect_err("none active");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = app
+        .values
+        .list_customer_values(pb::ListCustomerValuesRequest {
+            page_size: -1,
+            page_token: "zz".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad page");
+    assert_eq!(field_violations(&err).into_iter().map(|(f, _)| f).collect::<Vec<_>>(), ["page_size", "page_token"]);
 }
 
 #[tokio::test]

@@ -1,0 +1,422 @@
+//! The differentiation store.
+//!
+//! The interaction projection keeps the facts the summaries derive from —
+//! orders (with per-category totals) and interactions, each under its id —
+//! so that a re-key after a merge or unmerge moves exactly the facts the
+//! `CustomerRekeyed` event lists, and an erasure deletes everything. After
+//! every change to a customer their derived rows (purchase days, totals
+//! per currency, the summary) are recomputed from those facts and the
+//! customer is rescored with the active value model, all inside the
+//! consumer's cursor transaction: scores follow every purchase event.
+//!
+//! [`models`] holds the fitted value models and the population rescoring.
+
+pub mod models;
+
+use chrono::{DateTime, Utc};
+use crm_proto::{
+    differentiation::v1 as pb,
+    identification::v1::{ProfileEvent, profile_event},
+    interaction::v1::{Interaction, InteractionEvent, Order, interaction_event::Kind},
+};
+use crm_runtime::{
+    consumer::Projection,
+    db::{Store, WriteTxn},
+    error::RuntimeError,
+    time,
+};
+use futures::future::BoxFuture;
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Value};
+
+use crate::domain::{self, Counts, PurchaseDay};
+
+/// Applies interaction events to the purchase projection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PurchaseSummaryProjection;
+
+impl Projection<InteractionEvent> for PurchaseSummaryProjection {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut WriteTxn,
+        event: &'a InteractionEvent,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            let now = time::now();
+            let customer = event.customer_id.as_str();
+            match &event.kind {
+                Some(Kind::InteractionRecorded(r)) => {
+                    record_interaction(tx, customer, r.interaction.as_ref()).await?;
+                    refresh(tx, customer, now).await?;
+                }
+                Some(Kind::PurchaseRecorded(p)) => {
+                    let Some(order) = &p.order else {
+                        return Err(RuntimeError::Internal("purchase event without order".into()));
+                    };
+                    record_interaction(tx, customer, p.interaction.as_ref()).await?;
+                    record_order(tx, customer, order, now).await?;
+                    refresh(tx, customer, now).await?;
+                }
+                Some(Kind::ReturnRecorded(r)) => {
+                    record_interaction(tx, customer, r.interaction.as_ref()).await?;
+                    let owner = match &r.order_return {
+                        Some(ret) => apply_return(tx, ret).await?,
+                        None => None,
+                    };
+                    refresh(tx, customer, now).await?;
+                    if let Some(owner) = owner.filter(|o| o != customer) {
+                        refresh(tx, &owner, now).await?;
+                    }
+                }
+                Some(Kind::SurveyResponseRecorded(s)) => {
+                    record_interaction(tx, customer, s.interaction.as_ref()).await?;
+                    refresh(tx, customer, now).await?;
+                }
+                Some(Kind::ComplaintChanged(c)) => {
+                    if c.interaction.is_some() {
+                        record_interaction(tx, customer, c.interaction.as_ref()).await?;
+                        refresh(tx, customer, now).await?;
+                    }
+                }
+                Some(Kind::DefectionRecorded(d)) => {
+                    record_interaction(tx, customer, d.interaction.as_ref()).await?;
+                    refresh(tx, customer, now).await?;
+                }
+                Some(Kind::CustomerRekeyed(k)) => {
+                    let facts = k.facts.clone().unwrap_or_default();
+                    move_facts(tx, "orders", "order_id", &facts.order_ids, &k.to_customer_id).await?;
+                    move_facts(
+                        tx,
+                        "customer_interactions",
+                        "interaction_id",
+                        &facts.interaction_ids,
+                        &k.to_customer_id,
+                    )
+                    .await?;
+                    refresh(tx, &k.from_customer_id, now).await?;
+                    refresh(tx, &k.to_customer_id, now).await?;
+                }
+                Some(Kind::CustomerErased(e)) => {
+                    let id = if e.customer_id.is_empty() { customer } else { e.customer_id.as_str() };
+                    erase(tx, id).await?;
+                }
+                Some(Kind::ConsentRecorded(_)) | None => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+fn micros(t: Option<&prost_types::Timestamp>, fallback: DateTime<Utc>) -> i64 {
+    t.and_then(time::from_timestamp).unwrap_or(fallback).timestamp_micros()
+}
+
+/// Applies the identification feed. Erasure removes the person from every
+/// projection (facts, summaries, scores) at once, without waiting for
+/// interaction's own `CustomerErased`; merges and unmerges move facts
+/// through interaction's `CustomerRekeyed` events, which list exactly the
+/// facts moved, so nothing else is held per profile that they concern.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdentityProjection;
+
+impl Projection<ProfileEvent> for IdentityProjection {
+    fn apply<'a>(&'a self, tx: &'a mut WriteTxn, event: &'a ProfileEvent) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            if let Some(profile_event::Kind::ProfileErased(e)) = &event.kind {
+                let id = if e.profile_id.is_empty() { event.profile_id.as_str() } else { e.profile_id.as_str() };
+                erase(tx, id).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Keep an interaction (for counts and cost to serve), once per id.
+async fn record_interaction(tx: &WriteTxn, customer: &str, i: Option<&Interaction>) -> Result<(), DbErr> {
+    let Some(i) = i.filter(|i| !i.id.is_empty()) else { return Ok(()) };
+    tx.execute_raw(tx.stmt(
+        "INSERT INTO customer_interactions (interaction_id, customer_id, channel, interaction_type, occur_us) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (interaction_id) DO NOTHING",
+        vec![
+            i.id.clone().into(),
+            customer.into(),
+            i.channel.into(),
+            i.r#type.into(),
+            micros(i.occur_time.as_ref(), time::now()).into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Keep an order with its per-category totals.
+async fn record_order(tx: &WriteTxn, customer: &str, order: &Order, now: DateTime<Utc>) -> Result<(), DbErr> {
+    let at_us = micros(order.occur_time.as_ref(), now);
+    let (mut revenue, mut cost) = (0i64, 0i64);
+    let mut by_category: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+    for l in &order.lines {
+        let r = l.quantity.saturating_mul(l.unit_price_minor);
+        let c = l.quantity.saturating_mul(l.unit_cost_minor);
+        revenue = revenue.saturating_add(r);
+        cost = cost.saturating_add(c);
+        let e = by_category.entry(l.category.as_str()).or_default();
+        e.0 = e.0.saturating_add(r);
+        e.1 = e.1.saturating_add(c);
+    }
+    // A replayed id (never expected from an exactly-once feed) is ignored
+    // rather than counted twice.
+    let order_id = if order.id.is_empty() { crm_runtime::ids::new_id() } else { order.id.clone() };
+    let inserted = tx
+        .execute_raw(tx.stmt(
+            "INSERT INTO orders (order_id, customer_id, day, occur_us, currency_code, revenue_minor, cost_minor) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
+            vec![
+                order_id.clone().into(),
+                customer.into(),
+                domain::day_of(at_us).into(),
+                at_us.into(),
+                order.currency_code.clone().into(),
+                revenue.into(),
+                cost.into(),
+            ],
+        ))
+        .await?
+        .rows_affected();
+    if inserted == 0 {
+        return Ok(());
+    }
+    for (category, (r, c)) in by_category {
+        tx.execute_raw(tx.stmt(
+            "INSERT INTO order_categories (order_id, category, revenue_minor, cost_minor) VALUES (?, ?, ?, ?)",
+            vec![order_id.clone().into(), category.into(), r.into(), c.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Net a return off its order; returns the order's customer, if known.
+async fn apply_return(tx: &WriteTxn, ret: &crm_proto::interaction::v1::OrderReturn) -> Result<Option<String>, DbErr> {
+    let revenue = ret.revenue.as_ref().map_or(0, |m| m.minor_units);
+    let margin = ret.margin.as_ref().map_or(0, |m| m.minor_units);
+    let cost = revenue - margin;
+    let owner = tx
+        .query_one_raw(tx.stmt("SELECT customer_id FROM orders WHERE order_id = ?", vec![ret.order_id.clone().into()]))
+        .await?;
+    let Some(owner) = owner else { return Ok(None) };
+    tx.execute_raw(tx.stmt(
+        "UPDATE orders SET revenue_minor = revenue_minor - ?, cost_minor = cost_minor - ? WHERE order_id = ?",
+        vec![revenue.into(), cost.into(), ret.order_id.clone().into()],
+    ))
+    .await?;
+    Ok(Some(owner.try_get_by_index(0)?))
+}
+
+/// Ids per `IN (…)` list.
+const IN_CHUNK: usize = 500;
+
+async fn move_facts(tx: &WriteTxn, table: &str, key: &str, ids: &[String], to: &str) -> Result<(), DbErr> {
+    for chunk in ids.chunks(IN_CHUNK) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let mut values: Vec<Value> = vec![to.into()];
+        values.extend(chunk.iter().map(|i| Value::from(i.clone())));
+        tx.execute_raw(tx.stmt(&format!("UPDATE {table} SET customer_id = ? WHERE {key} IN ({marks})"), values))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Delete everything held about a customer.
+pub async fn erase(tx: &WriteTxn, customer: &str) -> Result<(), DbErr> {
+    tx.execute_raw(tx.stmt(
+        "DELETE FROM order_categories WHERE order_id IN (SELECT order_id FROM orders WHERE customer_id = ?)",
+        vec![customer.into()],
+    ))
+    .await?;
+    for table in
+        ["orders", "customer_interactions", "purchase_days", "customer_totals", "customer_summaries", "customer_scores"]
+    {
+        tx.execute_raw(tx.stmt(&format!("DELETE FROM {table} WHERE customer_id = ?"), vec![customer.into()])).await?;
+    }
+    Ok(())
+}
+
+/// Recompute a customer's derived rows from their facts and rescore them.
+pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
+    if customer.is_empty() {
+        return Ok(());
+    }
+    let c = &**tx;
+    let row = c
+        .query_one_raw(tx.stmt(
+            "SELECT COUNT(*), MIN(occur_us), MAX(occur_us) FROM orders WHERE customer_id = ?",
+            vec![customer.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("count".into()))?;
+    let orders: i64 = row.try_get_by_index(0)?;
+    let first: Option<i64> = row.try_get_by_index(1)?;
+    let last: Option<i64> = row.try_get_by_index(2)?;
+    let interactions: i64 = c
+        .query_one_raw(
+            tx.stmt("SELECT COUNT(*) FROM customer_interactions WHERE customer_id = ?", vec![customer.into()]),
+        )
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("count".into()))?
+        .try_get_by_index(0)?;
+    if orders == 0 && interactions == 0 {
+        erase(tx, customer).await?;
+        return Ok(());
+    }
+    tx.execute_raw(tx.stmt("DELETE FROM purchase_days WHERE customer_id = ?", vec![customer.into()])).await?;
+    let transactions = tx
+        .execute_raw(tx.stmt(
+            "INSERT INTO purchase_days (customer_id, day) SELECT DISTINCT customer_id, day FROM orders WHERE customer_id = ?",
+            vec![customer.into()],
+        ))
+        .await?
+        .rows_affected() as i64;
+    tx.execute_raw(tx.stmt("DELETE FROM customer_totals WHERE customer_id = ?", vec![customer.into()])).await?;
+    tx.execute_raw(tx.stmt(
+        "INSERT INTO customer_totals (customer_id, currency_code, revenue_minor, cost_minor, order_count) \
+         SELECT customer_id, currency_code, CAST(SUM(revenue_minor) AS BIGINT), CAST(SUM(cost_minor) AS BIGINT), COUNT(*) \
+         FROM orders WHERE customer_id = ? GROUP BY customer_id, currency_code",
+        vec![customer.into()],
+    ))
+    .await?;
+    tx.execute_raw(tx.stmt(
+        "INSERT INTO customer_summaries (customer_id, interaction_count, order_count, transaction_count, first_purchase_us, last_purchase_us, updated_at_us) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (customer_id) DO UPDATE SET interaction_count = excluded.interaction_count, order_count = excluded.order_count, \
+         transaction_count = excluded.transaction_count, first_purchase_us = excluded.first_purchase_us, \
+         last_purchase_us = excluded.last_purchase_us, updated_at_us = excluded.updated_at_us",
+        vec![
+            customer.into(),
+            interactions.into(),
+            orders.into(),
+            transactions.into(),
+            first.into(),
+            last.into(),
+            now.timestamp_micros().into(),
+        ],
+    ))
+    .await?;
+    models::rescore_customer(tx, customer, now).await
+}
+
+/// A customer's purchase days (ascending), with that day's revenue and
+/// margin in `currency` (days in other currencies count as transactions
+/// with no amount in it).
+pub async fn purchase_days<C: ConnectionTrait>(
+    c: &C,
+    customer: &str,
+    currency: &str,
+) -> Result<Vec<PurchaseDay>, DbErr> {
+    let rows = c
+        .query_all_raw(crm_runtime::db::stmt(
+            c.get_database_backend(),
+            "SELECT day, CAST(SUM(CASE WHEN currency_code = ? THEN revenue_minor ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN currency_code = ? THEN revenue_minor - cost_minor ELSE 0 END) AS BIGINT) \
+             FROM orders WHERE customer_id = ? GROUP BY day ORDER BY day",
+            vec![currency.into(), currency.into(), customer.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(PurchaseDay {
+                day: r.try_get_by_index(0)?,
+                revenue_minor: r.try_get_by_index(1)?,
+                margin_minor: r.try_get_by_index(2)?,
+            })
+        })
+        .collect()
+}
+
+/// The purchase summary of a customer as far as the projection knows (an
+/// unknown customer has an empty history, not an error: prospects have
+/// none), and when it last changed.
+pub async fn purchase_summary(
+    store: &Store,
+    customer: &str,
+    now: DateTime<Utc>,
+) -> Result<(pb::PurchaseSummary, Option<prost_types::Timestamp>), RuntimeError> {
+    let c = store.conn();
+    let row = c
+        .query_one_raw(store.stmt(
+            "SELECT interaction_count, order_count, transaction_count, first_purchase_us, last_purchase_us, updated_at_us \
+             FROM customer_summaries WHERE customer_id = ?",
+            vec![customer.into()],
+        ))
+        .await?;
+    let Some(r) = row else { return Ok((pb::PurchaseSummary::default(), None)) };
+    let counts = Counts {
+        orders: r.try_get_by_index(1)?,
+        transactions: r.try_get_by_index(2)?,
+        first_purchase_us: r.try_get_by_index(3)?,
+        last_purchase_us: r.try_get_by_index(4)?,
+    };
+    let derived = domain::derive(&counts, now);
+    let ts = |us: Option<i64>| us.and_then(chrono::DateTime::from_timestamp_micros).map(time::to_timestamp);
+    let mut summary = pb::PurchaseSummary {
+        order_count: counts.orders,
+        transaction_count: counts.transactions,
+        frequency: derived.frequency,
+        first_purchase_time: ts(counts.first_purchase_us),
+        last_purchase_time: ts(counts.last_purchase_us),
+        recency_days: derived.recency_days,
+        age_days: derived.age_days,
+        totals: vec![],
+        interaction_count: r.try_get_by_index(0)?,
+    };
+    let update_time = ts(Some(r.try_get_by_index(5)?));
+    let totals = c
+        .query_all_raw(store.stmt(
+            "SELECT currency_code, revenue_minor, cost_minor, order_count FROM customer_totals WHERE customer_id = ? ORDER BY currency_code",
+            vec![customer.into()],
+        ))
+        .await?;
+    for t in totals {
+        let revenue: i64 = t.try_get_by_index(1)?;
+        let cost: i64 = t.try_get_by_index(2)?;
+        summary.totals.push(pb::CurrencyTotals {
+            currency_code: t.try_get_by_index(0)?,
+            revenue_minor: revenue,
+            cost_minor: cost,
+            margin_minor: revenue - cost,
+            order_count: t.try_get_by_index(3)?,
+        });
+    }
+    Ok((summary, update_time))
+}
+
+/// Customers in value order (highest CLV first, customers without a
+/// score last, then by id), after the keyset `after` = (clv key, id).
+pub async fn list_customers(
+    store: &Store,
+    after: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<(i64, String)>, DbErr> {
+    let key = "COALESCE(sc.clv_minor, -9223372036854775807)";
+    let (filter, mut values): (String, Vec<Value>) = match after {
+        Some((k, id)) => {
+            (format!("WHERE {key} < ? OR ({key} = ? AND s.customer_id > ?)"), vec![k.into(), k.into(), id.into()])
+        }
+        None => (String::new(), vec![]),
+    };
+    values.push((limit as i64).into());
+    let rows = store
+        .conn()
+        .query_all_raw(store.stmt(
+            &format!(
+                "SELECT {key}, s.customer_id FROM customer_summaries s LEFT JOIN customer_scores sc ON sc.customer_id = s.customer_id \
+                 {filter} ORDER BY {key} DESC, s.customer_id ASC LIMIT ?"
+            ),
+            values,
+        ))
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?))).collect()
+}
+
+/// Whether PostgreSQL (for advisory locks).
+pub(crate) fn is_postgres(tx: &WriteTxn) -> bool {
+    tx.get_database_backend() == DatabaseBackend::Postgres
+}
