@@ -17,7 +17,7 @@
 //! (central differences of the analytic gradient).
 
 use super::{
-    optimize::{self, Matrix, Settings},
+    optimize::{self, Matrix},
     special::{Hyp2f1Error, digamma, hyp2f1_many, ln_gamma},
 };
 
@@ -221,32 +221,13 @@ impl Population {
         // Start at r = 1, a = b = 1 and α matching the mean rate.
         let alpha0 = if mean_x > 0.0 && mean_t > 0.0 { mean_t / mean_x } else { 1.0 };
         let start = [0.0, alpha0.ln(), 0.0, 0.0];
-        let objective = |v: &[f64], g: &mut [f64]| {
-            let mut grad = [0.0; 4];
-            let ll = self.log_likelihood(&Params::from_log(v), Some(&mut grad));
-            for i in 0..4 {
-                g[i] = -grad[i] / n;
-            }
-            -ll / n
-        };
-        let m = optimize::bfgs(objective, &start, Settings::default());
+        let (m, converged, covariance) = optimize::fit_log_likelihood(
+            |v, grad: &mut [f64; 4]| self.log_likelihood(&Params::from_log(v), Some(grad)),
+            &start,
+            self.customers,
+            |v| Params::from_log(v).is_valid(),
+        );
         let params = Params::from_log(&m.x);
-        let converged = m.converged && params.is_valid() && self.customers > 0.0;
-        let covariance = if converged {
-            let h = optimize::hessian(
-                |v, g| {
-                    let mut grad = [0.0; 4];
-                    self.log_likelihood(&Params::from_log(v), Some(&mut grad));
-                    for i in 0..4 {
-                        g[i] = -grad[i];
-                    }
-                },
-                &m.x,
-            );
-            optimize::spd_inverse(&h)
-        } else {
-            None
-        };
         Fit {
             params,
             log_likelihood: -m.value * n,

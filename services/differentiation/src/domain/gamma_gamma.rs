@@ -10,7 +10,7 @@
 //! distinct (x, m̄).
 
 use super::{
-    optimize::{self, Matrix, Settings},
+    optimize::{self, Matrix},
     special::{digamma, ln_gamma},
 };
 
@@ -139,33 +139,13 @@ impl Population {
     /// Fit by maximum likelihood.
     pub fn fit(&self) -> Fit {
         let n = self.customers.max(1.0);
-        let start = [0.0, 0.0, 0.0];
-        let objective = |v: &[f64], g: &mut [f64]| {
-            let mut grad = [0.0; 3];
-            let ll = self.log_likelihood(&Params::from_log(v), Some(&mut grad));
-            for i in 0..3 {
-                g[i] = -grad[i] / n;
-            }
-            -ll / n
-        };
-        let m = optimize::bfgs(objective, &start, Settings::default());
+        let (m, converged, covariance) = optimize::fit_log_likelihood(
+            |v, grad: &mut [f64; 3]| self.log_likelihood(&Params::from_log(v), Some(grad)),
+            &[0.0, 0.0, 0.0],
+            self.customers,
+            |v| Params::from_log(v).is_valid(),
+        );
         let params = Params::from_log(&m.x);
-        let converged = m.converged && params.is_valid() && self.customers > 0.0;
-        let covariance = if converged {
-            let h = optimize::hessian(
-                |v, g| {
-                    let mut grad = [0.0; 3];
-                    self.log_likelihood(&Params::from_log(v), Some(&mut grad));
-                    for i in 0..3 {
-                        g[i] = -grad[i];
-                    }
-                },
-                &m.x,
-            );
-            optimize::spd_inverse(&h)
-        } else {
-            None
-        };
         Fit {
             params,
             log_likelihood: -m.value * n,

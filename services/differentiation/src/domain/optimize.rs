@@ -181,6 +181,47 @@ pub fn bfgs(mut f: impl FnMut(&[f64], &mut [f64]) -> f64, x0: &[f64], settings: 
     }
 }
 
+/// A maximum-likelihood fit over log-parameters: BFGS on the mean negative
+/// log-likelihood of `customers` from `start`, and, when it converged
+/// (`valid` also holding at the optimum), the asymptotic covariance of the
+/// log-parameters (the inverse Hessian of the total negative
+/// log-likelihood). `log_likelihood(v, gradient)` returns the total
+/// log-likelihood at log-parameters `v` and writes its gradient.
+pub fn fit_log_likelihood<const N: usize>(
+    log_likelihood: impl Fn(&[f64], &mut [f64; N]) -> f64,
+    start: &[f64; N],
+    customers: f64,
+    valid: impl Fn(&[f64]) -> bool,
+) -> (Minimum, bool, Option<Matrix>) {
+    let n = customers.max(1.0);
+    let objective = |v: &[f64], g: &mut [f64]| {
+        let mut grad = [0.0; N];
+        let ll = log_likelihood(v, &mut grad);
+        for (gi, d) in g.iter_mut().zip(grad) {
+            *gi = -d / n;
+        }
+        -ll / n
+    };
+    let m = bfgs(objective, start, Settings::default());
+    let converged = m.converged && valid(&m.x) && customers > 0.0;
+    let covariance = if converged {
+        let h = hessian(
+            |v, g| {
+                let mut grad = [0.0; N];
+                log_likelihood(v, &mut grad);
+                for (gi, d) in g.iter_mut().zip(grad) {
+                    *gi = -d;
+                }
+            },
+            &m.x,
+        );
+        spd_inverse(&h)
+    } else {
+        None
+    };
+    (m, converged, covariance)
+}
+
 /// The n × n identity.
 pub fn identity(n: usize) -> Matrix {
     (0..n).map(|i| (0..n).map(|j| if i == j { 1.0 } else { 0.0 }).collect()).collect()
