@@ -2,6 +2,9 @@
 //! ephemeral ports, each with its own fresh store, talking real gRPC.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod otlp;
+pub mod processes;
+
 use crm_proto::{
     differentiation::v1::differentiation_service_client::DifferentiationServiceClient,
     gateway::v1::gateway_service_client::GatewayServiceClient,

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod cli;
 
 use crm_runtime::{
     config::{ServiceKind, Settings},

@@ -1,4 +1,5 @@
-//! Clients of the four services, on lazily connected channels.
+//! Clients of the four services, on lazily connected channels that carry
+//! the caller's trace context.
 
 use crm_proto::{
     differentiation::v1::differentiation_service_client::DifferentiationServiceClient,
@@ -7,29 +8,29 @@ use crm_proto::{
     personalization::v1::personalization_service_client::PersonalizationServiceClient,
 };
 use crm_runtime::{
-    client::channel,
+    client::{TracedChannel, channel},
     config::{ConfigError, ServiceKind, Settings},
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 /// The services the gateway composes.
 #[derive(Clone, Debug)]
 pub struct Downstream {
     /// Identify.
-    pub identification: IdentificationServiceClient<Channel>,
+    pub identification: IdentificationServiceClient<TracedChannel>,
     /// Interact.
-    pub interaction: InteractionServiceClient<Channel>,
+    pub interaction: InteractionServiceClient<TracedChannel>,
     /// Differentiate.
-    pub differentiation: DifferentiationServiceClient<Channel>,
+    pub differentiation: DifferentiationServiceClient<TracedChannel>,
     /// Customize.
-    pub personalization: PersonalizationServiceClient<Channel>,
+    pub personalization: PersonalizationServiceClient<TracedChannel>,
 }
 
 impl Downstream {
     /// Clients for the peers in `settings` (all four required).
     pub fn connect(settings: &Settings) -> Result<Self, ConfigError> {
         let timeout = Some(settings.request_timeout);
-        let to = |kind| -> Result<Channel, ConfigError> { channel(&settings.peers.require(kind)?, timeout) };
+        let to = |kind| -> Result<TracedChannel, ConfigError> { channel(&settings.peers.require(kind)?, timeout) };
         Ok(Downstream {
             identification: IdentificationServiceClient::new(to(ServiceKind::Identification)?),
             interaction: InteractionServiceClient::new(to(ServiceKind::Interaction)?),

@@ -278,7 +278,7 @@ impl IdentificationService for IdentificationApi {
             self.store.clone(),
             self.shutdown.clone(),
             request.into_inner().after_sequence,
-            |event| pb::SubscribeResponse { event: Some(event) },
+            |event, trace_context| pb::SubscribeResponse { event: Some(event), trace_context },
         )
     }
 }

@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(MergeTables),
             Box::new(MatchingTables),
             Box::new(ProfileRecords),
+            Box::new(crm_runtime::migration::EventLogTraceContext),
         ]
     }
 }

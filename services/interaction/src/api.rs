@@ -213,7 +213,7 @@ impl InteractionService for InteractionApi {
             self.store.clone(),
             self.shutdown.clone(),
             request.into_inner().after_sequence,
-            |event| pb::SubscribeResponse { event: Some(event) },
+            |event, trace_context| pb::SubscribeResponse { event: Some(event), trace_context },
         )
     }
 }

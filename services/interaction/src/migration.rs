@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(InteractionTables),
             Box::new(FactTables),
             Box::new(LifecycleTables),
+            Box::new(crm_runtime::migration::EventLogTraceContext),
         ]
     }
 }

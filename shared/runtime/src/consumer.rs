@@ -1,25 +1,32 @@
 //! The feed consumer: follows another service's feed and applies each event
 //! exactly once, storing its cursor in the same transaction as the effect,
-//! so a crash or restart loses nothing and applies nothing twice.
+//! so a crash or restart loses nothing and applies nothing twice. Each
+//! event is applied in its own span, linked to the span that produced it.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
 use sea_orm::{ConnectionTrait, DbErr};
 use tokio::sync::watch;
-use tonic::{Status, transport::Channel};
+use tonic::Status;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
+    client::TracedChannel,
     db::{Store, WriteTxn, stmt},
     error::RuntimeError,
-    feed::FeedEvent,
+    feed::{Delivery, FeedEvent},
     server::Shutdown,
 };
+
+/// A stream of feed deliveries.
+pub type DeliveryStream<E> = BoxStream<'static, Result<Delivery<E>, Status>>;
 
 /// Where events come from.
 pub trait FeedSource<E>: Send + Sync + 'static {
     /// Open a stream of the events after `after`.
-    fn subscribe(&self, after: i64) -> BoxFuture<'static, Result<BoxStream<'static, Result<E, Status>>, Status>>;
+    fn subscribe(&self, after: i64) -> BoxFuture<'static, Result<DeliveryStream<E>, Status>>;
 }
 
 /// What a consumer does with each event, inside the cursor's transaction.
@@ -195,8 +202,8 @@ impl<E: FeedEvent> Consumer<E> {
                     _ = shutdown.drained() => return,
                     n = stream.next() => n,
                 };
-                let event = match next {
-                    Some(Ok(e)) => e,
+                let Delivery { event, trace_context } = match next {
+                    Some(Ok(d)) => d,
                     Some(Err(status)) => {
                         tracing::warn!(feed = %self.name, code = ?status.code(), "feed interrupted");
                         break;
@@ -206,7 +213,23 @@ impl<E: FeedEvent> Consumer<E> {
                         break;
                     }
                 };
-                match apply_once(&self.store, &self.name, &*self.projection, &event).await {
+                let span = tracing::info_span!(
+                    "feed.apply",
+                    otel.name = %format!("{} apply", self.name),
+                    otel.kind = "consumer",
+                    feed = %self.name,
+                    sequence = event.sequence(),
+                    kind = event.kind(),
+                );
+                // A new trace per applied event, linked to the producer's
+                // span: the producer's request ended long ago.
+                if let Some(producer) = trace_context.as_ref().and_then(crate::telemetry::span_context) {
+                    span.add_link(producer);
+                }
+                let outcome =
+                    apply_once(&self.store, &self.name, &*self.projection, &event).instrument(span.clone()).await;
+                drop(span);
+                match outcome {
                     Ok(_) => {
                         backoff.reset();
                         applied.send_if_modified(|a| {
@@ -255,16 +278,13 @@ impl Backoff {
 
 /// The identification feed over gRPC.
 #[derive(Clone, Debug)]
-pub struct ProfileFeed(pub Channel);
+pub struct ProfileFeed(pub TracedChannel);
 
 impl FeedSource<crm_proto::identification::v1::ProfileEvent> for ProfileFeed {
     fn subscribe(
         &self,
         after: i64,
-    ) -> BoxFuture<
-        'static,
-        Result<BoxStream<'static, Result<crm_proto::identification::v1::ProfileEvent, Status>>, Status>,
-    > {
+    ) -> BoxFuture<'static, Result<DeliveryStream<crm_proto::identification::v1::ProfileEvent>, Status>> {
         use crm_proto::identification::v1::{
             SubscribeRequest, identification_service_client::IdentificationServiceClient,
         };
@@ -272,7 +292,12 @@ impl FeedSource<crm_proto::identification::v1::ProfileEvent> for ProfileFeed {
         Box::pin(async move {
             let stream = client.subscribe(SubscribeRequest { after_sequence: after }).await?.into_inner();
             Ok(stream
-                .map(|r| r.and_then(|resp| resp.event.ok_or_else(|| Status::internal("feed response without event"))))
+                .map(|r| {
+                    r.and_then(|resp| match resp.event {
+                        Some(event) => Ok(Delivery { event, trace_context: resp.trace_context }),
+                        None => Err(Status::internal("feed response without event")),
+                    })
+                })
                 .boxed())
         })
     }
@@ -280,22 +305,24 @@ impl FeedSource<crm_proto::identification::v1::ProfileEvent> for ProfileFeed {
 
 /// The interaction feed over gRPC.
 #[derive(Clone, Debug)]
-pub struct InteractionFeed(pub Channel);
+pub struct InteractionFeed(pub TracedChannel);
 
 impl FeedSource<crm_proto::interaction::v1::InteractionEvent> for InteractionFeed {
     fn subscribe(
         &self,
         after: i64,
-    ) -> BoxFuture<
-        'static,
-        Result<BoxStream<'static, Result<crm_proto::interaction::v1::InteractionEvent, Status>>, Status>,
-    > {
+    ) -> BoxFuture<'static, Result<DeliveryStream<crm_proto::interaction::v1::InteractionEvent>, Status>> {
         use crm_proto::interaction::v1::{SubscribeRequest, interaction_service_client::InteractionServiceClient};
         let mut client = InteractionServiceClient::new(self.0.clone());
         Box::pin(async move {
             let stream = client.subscribe(SubscribeRequest { after_sequence: after }).await?.into_inner();
             Ok(stream
-                .map(|r| r.and_then(|resp| resp.event.ok_or_else(|| Status::internal("feed response without event"))))
+                .map(|r| {
+                    r.and_then(|resp| match resp.event {
+                        Some(event) => Ok(Delivery { event, trace_context: resp.trace_context }),
+                        None => Err(Status::internal("feed response without event")),
+                    })
+                })
                 .boxed())
         })
     }
@@ -311,8 +338,8 @@ pub struct LocalFeed {
 }
 
 impl<E: FeedEvent> FeedSource<E> for LocalFeed {
-    fn subscribe(&self, after: i64) -> BoxFuture<'static, Result<BoxStream<'static, Result<E, Status>>, Status>> {
-        let stream = crate::feed::subscribe::<E>(self.store.clone(), after, self.shutdown.clone());
+    fn subscribe(&self, after: i64) -> BoxFuture<'static, Result<DeliveryStream<E>, Status>> {
+        let stream = crate::feed::deliveries::<E>(self.store.clone(), after, self.shutdown.clone());
         Box::pin(async move { Ok(stream.boxed()) })
     }
 }

@@ -1,7 +1,10 @@
 //! The transactional event log (outbox): appended in the same transaction
 //! as the change it records, with a sequence that is gap-free in commit
-//! order, and read back in order by the feed.
+//! order, and read back in order by the feed. Each event keeps the trace
+//! context of the operation that appended it, so consumers can link their
+//! work to the producer's trace.
 
+use crm_proto::common::v1::TraceContext;
 use sea_orm::{ConnectionTrait, DbErr};
 
 use crate::db::stmt;
@@ -19,6 +22,8 @@ pub struct StoredEvent {
     pub recorded_at_us: i64,
     /// The encoded event.
     pub payload: Vec<u8>,
+    /// The W3C trace context of the operation that appended it, if traced.
+    pub trace_context: Option<TraceContext>,
 }
 
 /// Reserve the next sequence in the caller's transaction.
@@ -40,7 +45,8 @@ pub async fn reserve<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
     row.try_get_by_index(0)
 }
 
-/// Store the event with a sequence from `reserve`, in the same transaction.
+/// Store the event with a sequence from `reserve`, in the same transaction,
+/// with the trace context of the current span (the producer's).
 pub async fn insert<C: ConnectionTrait>(
     c: &C,
     sequence: i64,
@@ -48,15 +54,20 @@ pub async fn insert<C: ConnectionTrait>(
     kind: &str,
     payload: &[u8],
 ) -> Result<(), DbErr> {
+    let trace = crate::telemetry::current_trace_context();
+    let tracestate = trace.as_ref().map(|t| t.tracestate.clone()).filter(|s| !s.is_empty());
     c.execute_raw(stmt(
         c.get_database_backend(),
-        "INSERT INTO event_log (sequence, stream_key, kind, recorded_at_us, payload) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO event_log (sequence, stream_key, kind, recorded_at_us, payload, traceparent, tracestate) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
         vec![
             sequence.into(),
             key.into(),
             kind.into(),
             crate::time::now().timestamp_micros().into(),
             payload.to_vec().into(),
+            trace.map(|t| t.traceparent).into(),
+            tracestate.into(),
         ],
     ))
     .await?;
@@ -70,14 +81,21 @@ pub async fn append<C: ConnectionTrait>(c: &C, key: &str, kind: &str, payload: &
     Ok(sequence)
 }
 
-/// A row of `SELECT sequence, stream_key, kind, recorded_at_us, payload`.
+/// The columns `stored_event` reads, in its order.
+const COLUMNS: &str = "sequence, stream_key, kind, recorded_at_us, payload, traceparent, tracestate";
+
+/// A row of `SELECT {COLUMNS}`.
 fn stored_event(r: &sea_orm::QueryResult) -> Result<StoredEvent, DbErr> {
+    let traceparent: Option<String> = r.try_get_by_index(5)?;
+    let tracestate: Option<String> = r.try_get_by_index(6)?;
     Ok(StoredEvent {
         sequence: r.try_get_by_index(0)?,
         stream_key: r.try_get_by_index(1)?,
         kind: r.try_get_by_index(2)?,
         recorded_at_us: r.try_get_by_index(3)?,
         payload: r.try_get_by_index(4)?,
+        trace_context: traceparent
+            .map(|traceparent| TraceContext { traceparent, tracestate: tracestate.unwrap_or_default() }),
     })
 }
 
@@ -91,7 +109,7 @@ pub async fn read_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) -> Re
     let rows = c
         .query_all_raw(stmt(
             c.get_database_backend(),
-            "SELECT sequence, stream_key, kind, recorded_at_us, payload FROM event_log WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            &format!("SELECT {COLUMNS} FROM event_log WHERE sequence > ? ORDER BY sequence LIMIT ?"),
             vec![after.into(), clamp(limit).into()],
         ))
         .await?;
@@ -119,8 +137,7 @@ pub async fn read_stream<C: ConnectionTrait>(
     let rows = c
         .query_all_raw(stmt(
             c.get_database_backend(),
-            "SELECT sequence, stream_key, kind, recorded_at_us, payload FROM event_log \
-             WHERE stream_key = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+            &format!("SELECT {COLUMNS} FROM event_log WHERE stream_key = ? AND sequence > ? ORDER BY sequence LIMIT ?"),
             vec![key.into(), after.into(), clamp(limit).into()],
         ))
         .await?;

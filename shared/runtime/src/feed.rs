@@ -1,8 +1,11 @@
 //! The feed: `Subscribe(after_sequence)` replays the event log from a
-//! position, then tails it live, in order, with nothing skipped.
+//! position, then tails it live, in order, with nothing skipped. Each
+//! event is delivered with the trace context of the operation that produced
+//! it.
 
 use std::{pin::Pin, time::Duration};
 
+use crm_proto::common::v1::TraceContext;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,18 +17,28 @@ use crate::{db::Store, error::FieldViolations, eventlog, server::Shutdown, valid
 pub type ResponseStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
 
 /// The whole of a `Subscribe` handler: check `after`, then stream the
-/// events after it, each wrapped in the RPC's response by `wrap`.
+/// events after it, each wrapped with its producer's trace context in the
+/// RPC's response by `wrap`.
 pub fn subscribe_response<E: FeedEvent, R: Send + 'static>(
     store: Store,
     shutdown: Shutdown,
     after: i64,
-    wrap: fn(E) -> R,
+    wrap: fn(E, Option<TraceContext>) -> R,
 ) -> Result<Response<ResponseStream<R>>, Status> {
     let mut v = FieldViolations::new();
     validate::sequence(&mut v, "after_sequence", after);
     v.finish()?;
-    let stream = subscribe::<E>(store, after, shutdown).map(move |r| r.map(wrap));
+    let stream = deliveries::<E>(store, after, shutdown).map(move |r| r.map(|d| wrap(d.event, d.trace_context)));
     Ok(Response::new(Box::pin(stream)))
+}
+
+/// One event as the feed delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery<E> {
+    /// The event, with its sequence set.
+    pub event: E,
+    /// The W3C trace context of the operation that produced it, if traced.
+    pub trace_context: Option<TraceContext>,
 }
 
 /// An event type carried by a feed: a protobuf message with a sequence.
@@ -47,7 +60,16 @@ const POLL: Duration = Duration::from_millis(500);
 /// Stream the events after `after`: replay, then tail live until the client
 /// goes away or the server shuts down.
 pub fn subscribe<E: FeedEvent>(store: Store, after: i64, shutdown: Shutdown) -> impl Stream<Item = Result<E, Status>> {
-    let (tx, rx) = mpsc::channel::<Result<E, Status>>(BATCH as usize);
+    deliveries(store, after, shutdown).map(|r| r.map(|d| d.event))
+}
+
+/// `subscribe`, with each event's trace context.
+pub fn deliveries<E: FeedEvent>(
+    store: Store,
+    after: i64,
+    shutdown: Shutdown,
+) -> impl Stream<Item = Result<Delivery<E>, Status>> {
+    let (tx, rx) = mpsc::channel::<Result<Delivery<E>, Status>>(BATCH as usize);
     tokio::spawn(async move {
         let mut committed = store.committed();
         let mut cursor = after.max(0);
@@ -79,7 +101,8 @@ pub fn subscribe<E: FeedEvent>(store: Store, after: i64, shutdown: Shutdown) -> 
                 event.set_sequence(stored.sequence);
                 cursor = stored.sequence;
                 store.observe_committed(cursor);
-                if tx.send(Ok(event)).await.is_err() {
+                let delivery = Delivery { event, trace_context: stored.trace_context };
+                if tx.send(Ok(delivery)).await.is_err() {
                     return; // the subscriber went away
                 }
             }

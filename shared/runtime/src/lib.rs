@@ -18,6 +18,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod migration;
 pub mod page;
+pub mod rpc_telemetry;
 pub mod server;
 pub mod telemetry;
 pub mod testing;

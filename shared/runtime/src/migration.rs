@@ -1,6 +1,6 @@
 //! The runtime's own tables, created by the first migration of every
 //! service: the event log and its head counter, idempotency keys, and feed
-//! consumer cursors.
+//! consumer cursors; and the later changes to them.
 
 use sea_orm_migration::{
     prelude::*,
@@ -102,6 +102,41 @@ impl MigrationTrait for RuntimeTables {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for t in ["feed_cursors", "idempotency_keys", "event_log_head", "event_log"] {
             manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds the producer's W3C trace context to each event-log row
+/// (`traceparent`, `tracestate`; null for events appended before, or
+/// without a trace). List it after the service's migrations in every
+/// service that appends to its event log.
+#[derive(Debug, Default)]
+pub struct EventLogTraceContext;
+
+impl MigrationName for EventLogTraceContext {
+    fn name(&self) -> &str {
+        "m20261123_000000_event_log_trace_context"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for EventLogTraceContext {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one thing at a time.
+        for column in ["traceparent", "tracestate"] {
+            manager
+                .alter_table(
+                    Table::alter().table("event_log").add_column(ColumnDef::new(column).string().null()).to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for column in ["tracestate", "traceparent"] {
+            manager.alter_table(Table::alter().table("event_log").drop_column(column).to_owned()).await?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The server bootstrap, written once: health (NOT_SERVING until ready),
-//! reflection v1 and v1alpha, request tracing, timeouts, and graceful
-//! shutdown that drains in-flight calls within a deadline.
+//! reflection v1 and v1alpha, RPC telemetry (a server span per call joined
+//! to the caller's trace, RED metrics), timeouts, and graceful shutdown that
+//! drains in-flight calls within a deadline.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -8,7 +9,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
-use crate::config::Settings;
+use crate::{config::Settings, rpc_telemetry::RpcTelemetryLayer};
 
 /// A shutdown signal that any number of tasks can wait on, in two phases:
 /// *triggered* (stop accepting work: health turns NOT_SERVING, listeners
@@ -171,6 +172,10 @@ pub struct ServiceSpec<R> {
     pub ready: R,
 }
 
+/// The services every server answers besides its own.
+const ALWAYS_SERVED: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
 /// Bind, then serve `spec` until `shutdown`; health turns SERVING when
 /// `spec.ready` resolves and NOT_SERVING as soon as shutdown starts.
 pub async fn spawn<R>(settings: &Settings, spec: ServiceSpec<R>, shutdown: Shutdown) -> Result<Running, ServeError>
@@ -194,9 +199,9 @@ where
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc error details, so clients can decode field violations.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health")
-            .with_service_name("grpc.reflection.v1.ServerReflection")
-            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+            .with_service_name(ALWAYS_SERVED[0])
+            .with_service_name(ALWAYS_SERVED[1])
+            .with_service_name(ALWAYS_SERVED[2]);
         for name in &spec.grpc_names {
             b = b.with_service_name(*name);
         }
@@ -208,10 +213,18 @@ where
     let routes = spec.routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
     let service = settings.kind.name();
-    let router = tonic::transport::Server::builder()
-        .timeout(settings.request_timeout)
-        .trace_fn(move |req| tracing::info_span!("grpc", service, rpc = %req.uri().path()))
-        .add_routes(routes);
+    let served: Vec<&str> = spec.grpc_names.iter().copied().chain(ALWAYS_SERVED).collect();
+    let telemetry = RpcTelemetryLayer::new(
+        &[
+            crm_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        &served,
+    );
+    let router =
+        tonic::transport::Server::builder().timeout(settings.request_timeout).layer(telemetry).add_routes(routes);
 
     // Readiness.
     {

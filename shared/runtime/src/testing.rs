@@ -87,8 +87,8 @@ impl TestServer {
     pub fn channel(&self) -> Channel {
         // A little longer than the server allows, so the server's answer
         // (or its timeout) is what the test sees.
-        match crate::client::channel(&self.url(), Some(self.settings.request_timeout + Duration::from_secs(20))) {
-            Ok(c) => c,
+        match crate::client::endpoint(&self.url(), Some(self.settings.request_timeout + Duration::from_secs(20))) {
+            Ok(e) => e.connect_lazy(),
             Err(e) => panic!("channel: {e}"),
         }
     }

@@ -15,18 +15,22 @@ use crm_runtime::{
     eventlog,
     feed::{self, FeedEvent},
     idempotency::{self, Claim},
-    migration::RuntimeTables,
+    migration::{EventLogTraceContext, RuntimeTables},
     server::Shutdown,
+    telemetry::{self, LogFormat},
     testing::TestDb,
 };
 use futures::{StreamExt, future::BoxFuture};
+use opentelemetry::trace::TraceContextExt;
 use sea_orm::ConnectionTrait;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 struct Migrator;
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(RuntimeTables)]
+        vec![Box::new(RuntimeTables), Box::new(EventLogTraceContext)]
     }
 }
 
@@ -78,6 +82,34 @@ async fn sequences_are_gap_free_under_concurrent_appends() {
     let seqs: Vec<i64> = all.iter().map(|e| e.sequence).collect();
     assert_eq!(seqs, (1..=8 * 32).collect::<Vec<i64>>(), "on {}", db.kind());
     assert_eq!(eventlog::head(store.conn()).await.expect("head"), 8 * 32);
+}
+
+#[tokio::test]
+async fn events_keep_and_deliver_the_trace_context_of_their_producer() {
+    let telemetry = telemetry::init_with(LogFormat::Json, "event-log-test", false).expect("telemetry");
+    let db = TestDb::new("runtime").await;
+    let store = store(&db).await;
+    let producer = tracing::info_span!("produce");
+    let expected = producer.in_scope(telemetry::current_trace_context);
+    let expected = expected.expect("a span has a trace context when telemetry is installed");
+    let traced = append(&store, "p-traced").instrument(producer.clone()).await;
+    let untraced = append(&store, "p-untraced").await;
+
+    let all = eventlog::read_after(store.conn(), 0, 10).await.expect("read");
+    assert_eq!(all.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![traced, untraced]);
+    assert_eq!(all[0].trace_context.as_ref(), Some(&expected), "stored with the producer's context");
+    assert_eq!(all[1].trace_context, None, "no span, no context");
+    let linked = telemetry::span_context(&expected).expect("a valid producer span");
+    assert_eq!(linked.span_id(), producer.context().span().span_context().span_id());
+
+    let shutdown = Shutdown::new();
+    let mut deliveries = Box::pin(feed::deliveries::<ProfileEvent>(store.clone(), 0, shutdown.clone()));
+    let first = deliveries.next().await.expect("first").expect("ok");
+    assert_eq!((first.event.sequence, first.trace_context), (traced, Some(expected)));
+    let second = deliveries.next().await.expect("second").expect("ok");
+    assert_eq!((second.event.sequence, second.trace_context), (untraced, None));
+    shutdown.trigger();
+    telemetry.shutdown();
 }
 
 #[tokio::test]

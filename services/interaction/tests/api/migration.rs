@@ -57,6 +57,9 @@ async fn migrations_backfill_the_purpose_and_go_down_and_up_again() {
         let conn = store.conn().clone();
         async move { conn.query_one_raw(stmt).await }
     };
+    Migrator::down(store.conn(), Some(1)).await.expect("down the event-log trace context");
+    assert!(count("event_log WHERE traceparent IS NULL").await.is_err(), "the trace columns are gone");
+    assert!(count("event_log").await.is_ok(), "the event log stays");
     Migrator::down(store.conn(), Some(1)).await.expect("down the lifecycle tables");
     assert!(count("merge_facts").await.is_err(), "the merge ledger is gone");
     assert!(count("consents").await.is_ok(), "the facts stay");
