@@ -81,19 +81,6 @@ pub fn matchable(r: &Record) -> bool {
     named && facts.iter().filter(|f| **f).count() >= 3
 }
 
-/// Whether what a touchpoint says of the person contradicts a record of a
-/// profile on who they are: a clearly different given name or birth date,
-/// unless the same personal e-mail vouches for them. Addresses, landlines
-/// and surnames are shared in households, so agreement on them does not
-/// outweigh this; spouses, parents and children, siblings and twins differ
-/// exactly here.
-pub fn contradicts_person(model: &MatchModel, touch: &Record, profile: &Record) -> bool {
-    let scored = model.score(touch, profile);
-    let level = |name: &str| scored.fields.iter().find(|f| f.field == name).map_or("null", |f| f.level);
-    let vouched = matches!(level("email"), "exact" | "same_local");
-    !vouched && (level("given_name") == "different" || level("birth_date") == "different")
-}
-
 /// Identifiers that households share, whose match a contradicting person
 /// overrides (a customer number or an external id is personal).
 pub fn shareable(kind: IdentifierType) -> bool {

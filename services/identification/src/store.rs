@@ -245,9 +245,8 @@ async fn resolve_once(
         if matcher::shareable(matched.kind)
             && let Some(profile) = load_profile(&*tx, profile_id).await?
         {
-            let (_, model) = matcher.active(&*tx).await?;
             let records = matcher::records_of(&*tx, &profile).await?;
-            if records.iter().all(|r| matcher::contradicts_person(&model, &touch_record, r)) {
+            if records.iter().all(|r| matching::contradicts_person(&touch_record, r)) {
                 household.push(profile_id.clone());
                 continue;
             }
@@ -283,10 +282,10 @@ async fn resolve_once(
                     continue;
                 }
                 for stored in &candidate.records {
-                    if matcher::contradicts_person(&model, record, stored) {
+                    let scored = model.score(record, stored);
+                    if matching::household::contradicts_levels(scored.vector, record, stored) {
                         continue;
                     }
-                    let scored = model.score(record, stored);
                     if best.as_ref().is_none_or(|(_, b)| scored.total_weight > b.total_weight) {
                         best = Some((candidate.profile_id.clone(), scored));
                     }

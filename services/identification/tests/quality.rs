@@ -65,6 +65,81 @@ struct Run {
     records: usize,
     reviews: usize,
     rejected: usize,
+    causes: Causes,
+}
+
+/// What happened to each record whose person already had a profile but was
+/// not linked to it (a miss), and to each linked to another person's
+/// profile (a false link); levels and weights only, never values.
+#[derive(Default)]
+struct Causes {
+    /// No blocking key shared with any earlier record of the person.
+    blocking: usize,
+    /// Every earlier record of the person differs on the given name or birth
+    /// date without the same e-mail vouching.
+    household_rule: usize,
+    /// Compared, but the weight stayed below the link threshold.
+    below_threshold: usize,
+    /// Of which sent to review.
+    reviewed: usize,
+    /// Linked to someone else's profile, by method.
+    false_links: HashMap<&'static str, usize>,
+    /// Level patterns of the misses, most frequent first when printed.
+    patterns: HashMap<String, usize>,
+}
+
+impl Causes {
+    fn miss(&mut self, arrival: &Record, earlier: &[&Record], resp: &pb::ResolveIdentityResponse) {
+        let arrival_keys = matching::blocking_keys(arrival);
+        let blocked = earlier.iter().any(|e| matching::blocking_keys(e).iter().any(|k| arrival_keys.contains(k)));
+        let levels = |e: &Record| {
+            let v = matching::compare(arrival, e);
+            matching::Field::ALL.map(|f| v.level_name(f))
+        };
+        let vetoed = earlier.iter().all(|e| matching::contradicts_person(arrival, e));
+        let cause = if !blocked {
+            self.blocking += 1;
+            "blocking"
+        } else if vetoed {
+            self.household_rule += 1;
+            "household"
+        } else {
+            self.below_threshold += 1;
+            "weight"
+        };
+        if !resp.review_item_id.is_empty() {
+            self.reviewed += 1;
+        }
+        if let Some(best) = earlier.last() {
+            let l = levels(best);
+            let pattern = format!("{cause}: {}", l.join(" "));
+            *self.patterns.entry(pattern).or_default() += 1;
+        }
+    }
+
+    fn false_link(&mut self, arrival: &Record, other: &Record, method: &str) {
+        let v = matching::compare(arrival, other);
+        let levels = matching::Field::ALL.map(|f| v.level_name(f));
+        let pattern = format!("false link ({method}): {}", levels.join(" "));
+        *self.patterns.entry(pattern).or_default() += 1;
+        if std::env::var_os("SHOW_EXAMPLES").is_some() {
+            // Generated records only: the values are synthetic.
+            println!("  false link ({method}): {arrival:?} | {other:?}");
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "misses: blocking={} household_rule={} below_threshold={} (reviewed {}); false links: {:?}",
+            self.blocking, self.household_rule, self.below_threshold, self.reviewed, self.false_links
+        );
+        let mut patterns: Vec<_> = self.patterns.iter().collect();
+        patterns.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        println!("levels (given family birth street postcode locality phone email) of the latest earlier record:");
+        for (p, n) in patterns.into_iter().take(40) {
+            println!("  {n:5}  {p}");
+        }
+    }
 }
 
 /// `base_share`: the share of the duplicates already in the base.
@@ -74,7 +149,8 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
     })
     .await;
     let mut client = IdentificationServiceClient::new(server.channel());
-    let data = matching::generate(originals, duplicates_per_original, seed);
+    // Leaked so the diagnosis can keep references to earlier records.
+    let data: &'static [(u64, Record)] = matching::generate(originals, duplicates_per_original, seed).leak();
     let in_base = originals + ((data.len() - originals) as f64 * base_share) as usize;
     let (base, arrivals): (Vec<_>, Vec<_>) = data.iter().enumerate().partition(|(i, _)| *i < in_base);
 
@@ -83,7 +159,10 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
     let mut profile_numbers: HashMap<String, u64> = HashMap::new();
     let mut reviews = 0;
     let mut rejected = 0;
-    let mut resolve = async |r: &Record, cluster: u64, client: &mut IdentificationServiceClient<_>| {
+    let mut causes = Causes::default();
+    let mut seen: HashMap<u64, (Vec<&Record>, Vec<u64>)> = HashMap::new();
+    let mut profile_records: HashMap<u64, Vec<&Record>> = HashMap::new();
+    let mut resolve = async |r: &'static Record, cluster: u64, client: &mut IdentificationServiceClient<_>| {
         let mut req = request(r);
         let mut answer = client.resolve_identity(req.clone()).await;
         if let Err(status) = &answer {
@@ -115,21 +194,39 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
                     reviews += 1;
                 }
                 let next = profile_numbers.len() as u64;
-                let n = *profile_numbers.entry(resp.profile.unwrap().id).or_insert(next);
+                let n = *profile_numbers.entry(resp.profile.clone().unwrap().id).or_insert(next);
+                let (earlier, profiles) = seen.entry(cluster).or_default();
+                if !earlier.is_empty() && !profiles.contains(&n) {
+                    causes.miss(r, earlier, &resp);
+                }
+                if !resp.created && !profiles.contains(&n) {
+                    let method = match resp.explanation.as_ref().map(|e| e.method()) {
+                        Some(pb::MatchMethod::Deterministic) => "deterministic",
+                        Some(pb::MatchMethod::Probabilistic) => "probabilistic",
+                        _ => "other",
+                    };
+                    *causes.false_links.entry(method).or_default() += 1;
+                    if let Some(other) = profile_records.get(&n).and_then(|v| v.last()) {
+                        causes.false_link(r, other, method);
+                    }
+                }
+                profile_records.entry(n).or_default().push(r);
+                earlier.push(r);
+                profiles.push(n);
                 truth.push(cluster);
                 predicted.push(n);
             }
             Err(_) => rejected += 1,
         }
     };
-    for (_, (cluster, r)) in &base {
-        resolve(r, *cluster, &mut client).await;
+    for &(_, item) in &base {
+        resolve(&item.1, item.0, &mut client).await;
     }
     client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap();
-    for (_, (cluster, r)) in &arrivals {
-        resolve(r, *cluster, &mut client).await;
+    for &(_, item) in &arrivals {
+        resolve(&item.1, item.0, &mut client).await;
     }
-    Run { metrics: matching::pairwise_metrics(&truth, &predicted), records: data.len(), reviews, rejected }
+    Run { metrics: matching::pairwise_metrics(&truth, &predicted), records: data.len(), reviews, rejected, causes }
 }
 
 fn report(name: &str, r: &Run) {
@@ -146,6 +243,7 @@ fn report(name: &str, r: &Run) {
         r.reviews,
         r.rejected
     );
+    r.causes.print();
 }
 
 #[tokio::test]
@@ -153,13 +251,14 @@ async fn duplicates_arriving_one_at_a_time_are_linked_precisely() {
     let r = run(300, 1.0, 0.5, 11).await;
     report("quality-small", &r);
     assert!(r.metrics.precision >= 0.99, "precision {}", r.metrics.precision);
-    assert!(r.metrics.recall >= 0.96, "recall {}", r.metrics.recall);
-    assert!(r.metrics.f1 >= 0.975, "f1 {}", r.metrics.f1);
+    assert!(r.metrics.recall >= 0.975, "recall {}", r.metrics.recall);
+    assert!(r.metrics.f1 >= 0.98, "f1 {}", r.metrics.f1);
 }
 
 #[tokio::test]
 #[ignore = "benchmark: run in release, see BENCHMARKS.md"]
 async fn benchmark_matching_quality() {
-    let r = run(10_000, 1.0, 0.5, 2026).await;
+    let originals = std::env::var("ORIGINALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let r = run(originals, 1.0, 0.5, 2026).await;
     report("quality-10k", &r);
 }

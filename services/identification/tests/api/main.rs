@@ -963,7 +963,7 @@ async fn unsure_pair(
                 .collect();
             let record = matcher::record_of_touchpoint(v.attributes.as_ref().unwrap(), &ids);
             matcher::matchable(&record)
-                && !matcher::contradicts_person(&model, &record, &stored)
+                && !matching::contradicts_person(&record, &stored)
                 && model.decide(&model.score(&record, &stored)) == matching::Decision::Review
         })
         .expect("the review band holds one of these variants");

@@ -33,7 +33,7 @@ use super::compare::{Field, compare, street_parts};
 use super::em::VectorCounts;
 use super::phonetic::{phonetic, phonetic_first};
 use super::rng::mix64;
-use super::text::{alphanumerics, digits, is_connector, significant_tokens};
+use super::text::{alphanumerics, digits, first_significant_letter, significant_tokens};
 
 /// Blocks larger than this are skipped when building training pairs: a key
 /// shared by that many records (a placeholder e-mail, a call-centre phone)
@@ -106,11 +106,6 @@ pub fn blocking_keys(r: &Record) -> Vec<String> {
     keys.sort_unstable();
     keys.dedup();
     keys
-}
-
-/// First letter of the first significant word.
-fn first_significant_letter(name: &str) -> Option<char> {
-    name.split(' ').find(|t| !t.is_empty() && !is_connector(t)).and_then(|t| t.chars().next())
 }
 
 /// Phonetic code of the longest word of the street name, and the house

@@ -279,6 +279,11 @@ fn jaro_formula(la: usize, lb: usize, matches: usize, half_transpositions: usize
 pub(crate) const CONNECTORS: &[&str] =
     &["d", "da", "das", "de", "del", "dels", "do", "dos", "e", "el", "els", "i", "l", "la", "las", "les", "los", "y"];
 
+/// First letter of the first significant word of a name.
+pub(crate) fn first_significant_letter(name: &str) -> Option<char> {
+    name.split(' ').find(|t| !t.is_empty() && !is_connector(t)).and_then(|t| t.chars().next())
+}
+
 /// Whether a token is a connector word (see [`CONNECTORS`]).
 pub(crate) fn is_connector(token: &str) -> bool {
     CONNECTORS.contains(&token)
