@@ -74,6 +74,46 @@ fn feed_replay_fills_the_feed_and_reads_it_back_in_order() {
 }
 
 #[test]
+fn resolve_identity_loads_a_base_trains_and_resolves_returning_customers() {
+    let (output, stdout) = bench(&[
+        "resolve-identity",
+        "--in-process",
+        "sqlite",
+        "--profiles",
+        "400",
+        "--import-streams",
+        "3",
+        "--requests",
+        "150",
+        "--concurrency",
+        "4",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "crm bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    for field in ["import", "training", "ResolveIdentity", "errors 0", "ratio"] {
+        assert!(stdout.contains(field), "no {field:?} in the report:\n{stdout}");
+    }
+    let line = stdout.lines().last().expect("a JSON line");
+    let report: serde_json::Value = serde_json::from_str(line).expect("the last line is JSON");
+    assert_eq!(report["bench"], "resolve-identity");
+    let import = &report["import"];
+    assert_eq!(import["records"], 400);
+    assert_eq!(import["streams"], 3);
+    let accounted: i64 = ["created", "linked", "review"].iter().map(|k| import[k].as_i64().unwrap()).sum();
+    assert_eq!(accounted, 400, "{line}");
+    assert_eq!(import["rejected"], 0, "{line}");
+    // Generated people are mostly distinct: most records create a profile.
+    assert!(import["created"].as_i64().unwrap() > 300, "{line}");
+    assert!(report["training"]["matcher_version"].as_i64().unwrap() >= 1, "{line}");
+    let workflow = &report["workflow"];
+    assert_eq!(workflow["rpc"], "crm.identification.v1.IdentificationService/ResolveIdentity");
+    assert_eq!(workflow["ok"], 150);
+    assert_eq!(workflow["errors"], 0);
+    assert!(workflow["p99_us"].as_f64().unwrap() > 0.0, "{line}");
+}
+
+#[test]
 fn only_loopback_is_a_target() {
     let (output, _) = bench(&["ceiling", "--addr", "http://192.0.2.1:50054", "--requests", "10"]);
     assert!(!output.status.success());

@@ -14,11 +14,16 @@
 //! - `feed-replay`: fills the interaction feed up to N events if it holds
 //!   fewer, then replays it with `Subscribe(after_sequence = 0)`, checking
 //!   that sequences are contiguous.
+//! - `resolve-identity`: loads a base of generated people through
+//!   ImportProfiles (unless `--profiles 0`), trains the matcher on it and
+//!   times that, then resolves returning customers (corrupted duplicates of
+//!   people in the base) against identification.
 //!
-//! The target is a server already running on loopback (`--addr`), or
-//! identification and interaction started in this process over a fresh
-//! store (`--in-process sqlite|postgres`).
+//! The target is a server already running on loopback (`--addr`; the
+//! identification server for `resolve-identity`), or the services started
+//! in this process over a fresh store (`--in-process sqlite|postgres`).
 
+mod identity;
 mod load;
 mod report;
 mod target;
@@ -32,9 +37,10 @@ use crm_runtime::telemetry::LogFormat;
 
 pub use self::target::StoreKind;
 use self::{
+    identity::{People, RESOLVE_IDENTITY, ResolveLane},
     load::{Lane, PhaseStats, drive},
     report::Report,
-    target::{InProcess, InProcessOptions, Target},
+    target::{InProcess, InProcessOptions, Services, Target},
     workloads::{HEALTH_CHECK, HealthLane, InteractionMix, RECORD_INTERACTION, RecordLane, SUBSCRIBE},
 };
 
@@ -64,6 +70,34 @@ enum Workload {
         /// Distinct customers the interactions are spread over.
         #[arg(long, default_value_t = 1_000)]
         customers: usize,
+        /// Calls of the ceiling measured first (default: --requests).
+        #[arg(long)]
+        ceiling_requests: Option<u64>,
+    },
+    /// ResolveIdentity of returning customers against a base of
+    /// --profiles people, beside the ceiling measured just before it.
+    ResolveIdentity {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// People in the base; loaded through ImportProfiles first unless 0
+        /// (a server filled by an earlier run with the same --profiles and
+        /// --seed).
+        #[arg(long, default_value_t = 1_000_000)]
+        profiles: usize,
+        /// Size of the generated population when --profiles is 0.
+        #[arg(long, default_value_t = 1_000_000)]
+        population: usize,
+        /// Seed of the generated people.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Concurrent ImportProfiles streams loading the base.
+        #[arg(long, default_value_t = 8)]
+        import_streams: usize,
+        /// Do not call TrainMatcher after loading.
+        #[arg(long)]
+        no_train: bool,
         /// Calls of the ceiling measured first (default: --requests).
         #[arg(long)]
         ceiling_requests: Option<u64>,
@@ -146,6 +180,9 @@ pub const DEFAULT_CONNECTIONS: usize = 2;
 /// Longest a unary call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest TrainMatcher may take (a base of millions).
+const TRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl LoadArgs {
     fn check(&self) -> anyhow::Result<()> {
         if self.requests == 0 || self.concurrency == 0 || self.connections == 0 {
@@ -181,7 +218,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let target_args = match &args.workload {
         Workload::Ceiling { target, .. }
         | Workload::RecordInteraction { target, .. }
+        | Workload::ResolveIdentity { target, .. }
         | Workload::FeedReplay { target, .. } => target.clone(),
+    };
+    let services = match &args.workload {
+        Workload::ResolveIdentity { .. } => Services::Identification,
+        _ => Services::IdentificationAndInteraction,
     };
     let target = match (&target_args.addr, target_args.in_process) {
         (Some(addr), _) => Target::external(addr)?,
@@ -190,6 +232,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 store,
                 postgres_url: target_args.postgres_url.clone(),
                 db_max_connections: target_args.db_max_connections,
+                services,
             };
             InProcess::start(&options).await?
         }
@@ -232,6 +275,43 @@ async fn run_workload(workload: Workload, target: &Target) -> anyhow::Result<Rep
             let workflow = measure(lanes, &load, 0, "record-interaction").await;
             report.set_workflow(workflow.summary(RECORD_INTERACTION, channels.len()), load.warmup());
             report.set_customers(customers);
+        }
+        Workload::ResolveIdentity {
+            load,
+            profiles,
+            population,
+            seed,
+            import_streams,
+            no_train,
+            ceiling_requests,
+            ..
+        } => {
+            load.check()?;
+            report.set_bench("resolve-identity");
+            let size = if profiles > 0 { profiles } else { population };
+            eprintln!("crm bench: generating {size} people (seed {seed})");
+            let people = std::sync::Arc::new(People::generate(size, seed));
+            let channels = target::connect(&url, load.connections(), Some(CALL_TIMEOUT)).await?;
+            if profiles > 0 {
+                eprintln!("crm bench: loading {profiles} people through {import_streams} ImportProfiles streams");
+                let streams = target::connect(&url, import_streams.clamp(1, 64), None).await?;
+                let imported = identity::import(&streams, &people, import_streams).await?;
+                eprintln!("crm bench: loaded in {:.1} s", imported.elapsed_s);
+                report.set_import(imported);
+            }
+            if !no_train {
+                eprintln!("crm bench: training the matcher");
+                let long = target::connect(&url, 1, Some(TRAIN_TIMEOUT)).await?;
+                let Some(channel) = long.into_iter().next() else { bail!("no connection for TrainMatcher") };
+                report.set_training(identity::train(channel).await?);
+            }
+            let ceiling_load = LoadArgs { requests: ceiling_requests.unwrap_or(load.requests), ..load.clone() };
+            let ceiling = measure(HealthLane::lanes(&channels, load.concurrency), &ceiling_load, 0, "ceiling").await;
+            report.set_ceiling(ceiling.summary(HEALTH_CHECK, channels.len()), ceiling_load.warmup());
+            let lanes = ResolveLane::lanes(&channels, load.concurrency, &people);
+            let workflow = measure(lanes, &load, 0, "resolve-identity").await;
+            report.set_workflow(workflow.summary(RESOLVE_IDENTITY, channels.len()), load.warmup());
+            report.set_customers(size);
         }
         Workload::FeedReplay {
             events,

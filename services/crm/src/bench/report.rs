@@ -5,7 +5,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{load::PhaseSummary, workloads::ReplayStats};
+use super::{
+    identity::{ImportStats, TrainingStats},
+    load::PhaseSummary,
+    workloads::ReplayStats,
+};
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +34,12 @@ pub struct Report {
     /// Writes that filled the feed before a replay.
     #[serde(skip_serializing_if = "Option::is_none")]
     fill: Option<PhaseSummary>,
+    /// The base loaded before resolving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    import: Option<ImportStats>,
+    /// The matcher trained on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    training: Option<TrainingStats>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     replays: Vec<ReplayStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +84,8 @@ impl Report {
             workflow: None,
             workflow_warmup: None,
             fill: None,
+            import: None,
+            training: None,
             replays: Vec::new(),
             replay_rpc: None,
             ratio: None,
@@ -109,6 +121,16 @@ impl Report {
         self.fill = Some(fill);
     }
 
+    /// The base loaded before resolving.
+    pub fn set_import(&mut self, import: ImportStats) {
+        self.import = Some(import);
+    }
+
+    /// The matcher training.
+    pub fn set_training(&mut self, training: TrainingStats) {
+        self.training = Some(training);
+    }
+
     /// One replay.
     pub fn add_replay(&mut self, rpc: &str, replay: ReplayStats) {
         self.replay_rpc = Some(rpc.to_owned());
@@ -142,6 +164,27 @@ impl Report {
         }
         if let Some(fill) = &self.fill {
             phase(&mut out, "fill", fill, None);
+        }
+        if let Some(i) = &self.import {
+            let _ = writeln!(
+                out,
+                "import      {} records over {} streams in {:.1} s ({}/s): created {} linked {} review {} rejected {}",
+                i.records,
+                i.streams,
+                i.elapsed_s,
+                thousands(i.records_per_s),
+                i.created,
+                i.linked,
+                i.review,
+                i.rejected
+            );
+        }
+        if let Some(t) = &self.training {
+            let _ = writeln!(
+                out,
+                "training    TrainMatcher {:.1} s: version {} converged {} in {} iterations over {} pairs",
+                t.elapsed_s, t.matcher_version, t.converged, t.iterations, t.pair_count
+            );
         }
         if let Some(ceiling) = &self.ceiling {
             phase(&mut out, "ceiling", ceiling, self.ceiling_warmup);

@@ -34,6 +34,16 @@ impl StoreKind {
     }
 }
 
+/// The services an in-process target starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Services {
+    /// Identification alone; the target is its address.
+    Identification,
+    /// Identification, and interaction following its feed; the target is
+    /// interaction's address.
+    IdentificationAndInteraction,
+}
+
 /// Options of an in-process target.
 #[derive(Debug, Clone)]
 pub struct InProcessOptions {
@@ -43,6 +53,8 @@ pub struct InProcessOptions {
     pub postgres_url: String,
     /// Largest database pool of each service.
     pub db_max_connections: u32,
+    /// Which services to start.
+    pub services: Services,
 }
 
 /// The server under test.
@@ -173,6 +185,10 @@ impl InProcess {
         let identification = self.start_one(ServiceKind::Identification, options, Peers::default()).await?;
         let identification_url = format!("http://{identification}");
         wait_serving(&identification_url, Duration::from_secs(60)).await?;
+        if options.services == Services::Identification {
+            self.addr = identification;
+            return Ok(());
+        }
         let peers = Peers { identification: Some(identification_url), ..Peers::default() };
         self.addr = self.start_one(ServiceKind::Interaction, options, peers).await?;
         wait_serving(&format!("http://{}", self.addr), Duration::from_secs(60)).await
@@ -188,6 +204,9 @@ impl InProcess {
         let mut settings = Settings::for_tests(kind, db.url.clone());
         settings.db_max_connections = options.db_max_connections.max(1);
         settings.peers = peers;
+        // TrainMatcher over a base of millions takes longer than a
+        // touchpoint's call.
+        settings.request_timeout = settings.request_timeout.max(Duration::from_secs(600));
         self.databases.push(db);
         let running: Running = match kind {
             ServiceKind::Identification => crm_identification::start(&settings, self.shutdown.clone()).await,

@@ -1,0 +1,250 @@
+//! The identification workload: a base of generated people loaded through
+//! ImportProfiles, the matcher trained on it, then ResolveIdentity calls of
+//! returning customers: corrupted duplicates of people in the base (typos,
+//! nicknames, moves, missing fields), which the service must find among
+//! everyone stored.
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::Context;
+use crm_identification::domain::matching::{self, Record};
+use crm_proto::{
+    common::v1::{Channel as ContactChannel, Date},
+    identification::v1::{self as pb, IdentifierType, identification_service_client::IdentificationServiceClient},
+};
+use serde::Serialize;
+use tonic::{Status, transport::Channel};
+
+use super::load::{Lane, per_second};
+
+/// The RPC of the workload.
+pub const RESOLVE_IDENTITY: &str = "crm.identification.v1.IdentificationService/ResolveIdentity";
+
+/// The people of a run, the same for the same size and seed: `originals`
+/// people (the base) followed by about one corrupted duplicate of each.
+pub struct People {
+    records: Vec<(u64, Record)>,
+    originals: usize,
+}
+
+impl People {
+    /// Generate them (FEBRL-style records, see the matching generator).
+    pub fn generate(originals: usize, seed: u64) -> Self {
+        People { records: matching::generate(originals, 1.0, seed), originals }
+    }
+
+    /// The base.
+    pub fn originals(&self) -> &[(u64, Record)] {
+        &self.records[..self.originals]
+    }
+
+    /// The returning customers.
+    pub fn returning(&self) -> &[(u64, Record)] {
+        &self.records[self.originals..]
+    }
+}
+
+/// The region phone numbers without a country code are read in (the
+/// in-process services' default).
+const REGION: &str = "ES";
+
+/// The identifiers a touchpoint of `r` carries: its e-mail and phone when
+/// they are valid (a corrupted phone may no longer be a number; a touchpoint
+/// would not capture it), or a per-visit cookie (which identifies no one)
+/// when it has neither.
+fn identifiers(r: &Record, visit: u64) -> Vec<pb::Identifier> {
+    let mut out = Vec::new();
+    for (kind, value) in [(IdentifierType::Email, &r.email), (IdentifierType::Phone, &r.phone)] {
+        if !value.is_empty() && crm_identification::domain::normalize(kind, "", value, REGION).is_ok() {
+            out.push(pb::Identifier { r#type: kind as i32, value: value.clone(), namespace: String::new() });
+        }
+    }
+    if out.is_empty() {
+        out.push(pb::Identifier {
+            r#type: IdentifierType::Cookie as i32,
+            value: format!("bench-visit-{visit}"),
+            namespace: String::new(),
+        });
+    }
+    out
+}
+
+/// What a touchpoint of `r` says about the person.
+fn attributes(r: &Record) -> pb::ProfileAttributes {
+    pb::ProfileAttributes {
+        name: Some(pb::PersonName {
+            given_name: r.given_name.clone(),
+            family_name: r.family_name.clone(),
+            ..Default::default()
+        }),
+        birth_date: r.birth_date.map(|(y, m, d)| Date { year: y, month: m as i32, day: d as i32 }),
+        address: Some(pb::PostalAddress {
+            lines: if r.street.is_empty() { vec![] } else { vec![r.street.clone()] },
+            postal_code: r.postcode.clone(),
+            locality: r.locality.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What loading the base measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportStats {
+    /// Records sent.
+    pub records: u64,
+    /// Concurrent ImportProfiles streams.
+    pub streams: usize,
+    /// Profiles created, records linked, sent to review, rejected.
+    pub created: i64,
+    /// Records linked to a profile loaded before them.
+    pub linked: i64,
+    /// Records sent to the review queue.
+    pub review: i64,
+    /// Records rejected as invalid.
+    pub rejected: i64,
+    /// Wall time, seconds.
+    pub elapsed_s: f64,
+    /// Records per second.
+    pub records_per_s: f64,
+}
+
+/// Load `people`'s base through `streams` concurrent ImportProfiles calls,
+/// each over its share of the records, in order.
+pub async fn import(channels: &[Channel], people: &Arc<People>, streams: usize) -> anyhow::Result<ImportStats> {
+    let streams = streams.max(1);
+    let total = people.originals().len();
+    let per_stream = total.div_ceil(streams);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    for s in 0..streams {
+        let range = (s * per_stream).min(total)..((s + 1) * per_stream).min(total);
+        let people = Arc::clone(people);
+        let mut client = IdentificationServiceClient::new(channels[s % channels.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let requests = range.map(move |i| {
+                let r = &people.originals()[i].1;
+                pb::ImportProfilesRequest {
+                    identifiers: identifiers(r, i as u64),
+                    attributes: Some(attributes(r)),
+                    acquisition: None,
+                    source_key: format!("bench-{i}"),
+                }
+            });
+            client.import_profiles(tokio_stream::iter(requests)).await.map(tonic::Response::into_inner)
+        }));
+    }
+    let mut stats = ImportStats { records: total as u64, streams, ..ImportStats::default() };
+    for task in tasks {
+        let counts = task
+            .await
+            .context("an import stream panicked")?
+            .map_err(|s| anyhow::anyhow!("ImportProfiles: {}: {}", s.code(), s.message()))?;
+        stats.created += counts.created_count;
+        stats.linked += counts.linked_count;
+        stats.review += counts.review_count;
+        stats.rejected += counts.rejected_count;
+    }
+    let elapsed = started.elapsed();
+    stats.elapsed_s = elapsed.as_secs_f64();
+    stats.records_per_s = per_second(total as u64, elapsed);
+    Ok(stats)
+}
+
+/// What training the matcher on the base measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingStats {
+    /// Wall time of the TrainMatcher call, seconds.
+    pub elapsed_s: f64,
+    /// The version trained.
+    pub matcher_version: i64,
+    /// Whether expectation–maximisation converged.
+    pub converged: bool,
+    /// Its iterations.
+    pub iterations: i32,
+    /// Candidate pairs it learnt from.
+    pub pair_count: i64,
+}
+
+/// Call TrainMatcher once and time it.
+pub async fn train(channel: Channel) -> anyhow::Result<TrainingStats> {
+    let mut client = IdentificationServiceClient::new(channel);
+    let started = Instant::now();
+    let trained = client
+        .train_matcher(pb::TrainMatcherRequest::default())
+        .await
+        .map_err(|s| anyhow::anyhow!("TrainMatcher: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    Ok(TrainingStats {
+        elapsed_s: started.elapsed().as_secs_f64(),
+        matcher_version: trained.matcher_version,
+        converged: trained.converged,
+        iterations: trained.iterations,
+        pair_count: trained.pair_count,
+    })
+}
+
+/// A lane of the workload: call `index` resolves a returning customer
+/// picked by a hash of the number (so lanes spread over the base).
+pub struct ResolveLane {
+    client: IdentificationServiceClient<Channel>,
+    people: Arc<People>,
+}
+
+impl ResolveLane {
+    /// `concurrency` lanes sharing `channels` round-robin.
+    pub fn lanes(channels: &[Channel], concurrency: usize, people: &Arc<People>) -> Vec<ResolveLane> {
+        (0..concurrency)
+            .map(|i| ResolveLane {
+                client: IdentificationServiceClient::new(channels[i % channels.len()].clone()),
+                people: Arc::clone(people),
+            })
+            .collect()
+    }
+
+    /// The request of call `index`.
+    pub fn request(people: &People, index: u64) -> pb::ResolveIdentityRequest {
+        let returning = people.returning();
+        let (_, r) = &returning[(matching::SplitMix64::new(index).next_u64() % returning.len() as u64) as usize];
+        pb::ResolveIdentityRequest {
+            identifiers: identifiers(r, index),
+            attributes: Some(attributes(r)),
+            channel: ContactChannel::Web as i32,
+            ..Default::default()
+        }
+    }
+}
+
+impl Lane for ResolveLane {
+    async fn call(&mut self, index: u64) -> Result<(), Status> {
+        let response = self.client.resolve_identity(ResolveLane::request(&self.people, index)).await?.into_inner();
+        if response.profile.is_none() {
+            return Err(Status::internal("the response carries no profile"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_returning_customers_of_the_base() {
+        let people = People::generate(200, 5);
+        assert_eq!(people.originals().len(), 200);
+        assert!(!people.returning().is_empty());
+        let originals: std::collections::BTreeSet<u64> = people.originals().iter().map(|(c, _)| *c).collect();
+        assert!(people.returning().iter().all(|(c, _)| originals.contains(c)));
+        let a = ResolveLane::request(&people, 3);
+        assert_eq!(a, ResolveLane::request(&people, 3));
+        let distinct: std::collections::BTreeSet<String> =
+            (0..100).map(|i| format!("{:?}", ResolveLane::request(&people, i).attributes)).collect();
+        assert!(distinct.len() > 50, "{}", distinct.len());
+        for i in 0..100 {
+            let r = ResolveLane::request(&people, i);
+            assert!(!r.identifiers.is_empty());
+            assert!(r.attributes.and_then(|a| a.name).is_some());
+        }
+    }
+}
