@@ -1,5 +1,5 @@
 //! The gRPC surface of differentiation. Reads wait for `min_sequence` and
-//! report `as_of_sequence`. RPCs of later milestones answer UNIMPLEMENTED.
+//! report `as_of_sequence`. Segments answer UNIMPLEMENTED.
 
 use std::{
     sync::{Arc, Mutex},
@@ -7,7 +7,7 @@ use std::{
 };
 
 use crm_proto::{
-    common::v1::FeedSequences,
+    common::v1::{FeedSequences, Money},
     differentiation::v1::{self as pb, differentiation_service_server::DifferentiationService},
 };
 use crm_runtime::{
@@ -21,8 +21,12 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     conversions,
-    store::{self, models},
+    domain::{self, DAY_US, retention},
+    store::{self, models, values},
 };
+
+/// Most periods in one retention report.
+pub const MAX_RETENTION_PERIODS: i64 = 1000;
 
 /// The differentiation service.
 #[derive(Clone, Debug)]
@@ -70,13 +74,15 @@ impl DifferentiationApi {
             Some(m) => models::lifetime_value(&self.store, m, customer, now).await?,
             None => None,
         };
-        Ok(pb::CustomerValue {
+        let mut value = pb::CustomerValue {
             customer_id: customer.to_owned(),
             summary: Some(summary),
             lifetime_value,
             update_time,
             ..Default::default()
-        })
+        };
+        values::fill(&self.store, &mut value, now).await?;
+        Ok(value)
     }
 
     /// Wait until the projections reflect `min`; returns what they reflect.
@@ -138,14 +144,11 @@ impl DifferentiationService for DifferentiationApi {
         let after = conversions::value_cursor(&mut v, &req.page_token);
         let tier = validate::enumeration::<pb::ValueTier>(&mut v, "tier", req.tier, false);
         v.finish()?;
-        if tier.is_some() {
-            return Err(
-                RuntimeError::FailedPrecondition("value tiers are not assigned yet; leave tier unset".into()).into()
-            );
-        }
         let as_of = self.consistent(&request, request.get_ref().min_sequence.as_ref()).await?;
         let model = self.active_model().await?;
-        let mut rows = store::list_customers(&self.store, after, size + 1).await.map_err(RuntimeError::from)?;
+        let mut rows = values::list_customers(&self.store, tier.map(|t| t as i32), after, size + 1)
+            .await
+            .map_err(RuntimeError::from)?;
         let next_page_token = if rows.len() as u64 > size {
             rows.truncate(size as usize);
             rows.last().map(|(k, id)| conversions::value_token(*k, id)).unwrap_or_default()
@@ -194,5 +197,282 @@ impl DifferentiationService for DifferentiationApi {
             id: if version == 0 { "active".into() } else { version.to_string() },
         })?;
         Ok(Response::new(pb::GetValueModelResponse { model: Some(model.proto) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_tier_policy(
+        &self,
+        _request: Request<pb::GetTierPolicyRequest>,
+    ) -> Result<Response<pb::GetTierPolicyResponse>, Status> {
+        let (policy, created_us) = values::current_policy(self.store.conn()).await?;
+        Ok(Response::new(pb::GetTierPolicyResponse { policy: Some(values::policy_proto(&policy, created_us)) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_tier_policy(
+        &self,
+        request: Request<pb::UpdateTierPolicyRequest>,
+    ) -> Result<Response<pb::UpdateTierPolicyResponse>, Status> {
+        let cmd = conversions::policy_update(request.get_ref())?;
+        let policy = values::update_policy(&self.store, cmd).await?;
+        tracing::info!(version = policy.version, "tier policy stored; tiers recomputed");
+        Ok(Response::new(pb::UpdateTierPolicyResponse { policy: Some(policy) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id))]
+    async fn list_tier_changes(
+        &self,
+        request: Request<pb::ListTierChangesRequest>,
+    ) -> Result<Response<pb::ListTierChangesResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = FieldViolations::new();
+        if !req.customer_id.is_empty() {
+            validate::id(&mut v, "customer_id", &req.customer_id);
+        }
+        let size = page::page_size(&mut v, req.page_size);
+        let after = conversions::value_cursor(&mut v, &req.page_token);
+        v.finish()?;
+        tracing::Span::current().record("customer_id", req.customer_id.as_str());
+        let as_of = self.consistent(&request, req.min_sequence.as_ref()).await?;
+        let customer = (!req.customer_id.is_empty()).then_some(req.customer_id.as_str());
+        let mut rows =
+            values::tier_changes(&self.store, customer, after, size + 1).await.map_err(RuntimeError::from)?;
+        let next_page_token = if rows.len() as u64 > size {
+            rows.truncate(size as usize);
+            rows.last().map(|(us, id, _)| conversions::value_token(*us, id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTierChangesResponse {
+            changes: rows.into_iter().map(|(_, _, c)| c).collect(),
+            next_page_token,
+            as_of_sequence: Some(as_of),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_profitability_matrix(
+        &self,
+        request: Request<pb::GetProfitabilityMatrixRequest>,
+    ) -> Result<Response<pb::GetProfitabilityMatrixResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = FieldViolations::new();
+        v.require(
+            req.customer_ids.len() <= page::MAX_PAGE_SIZE as usize,
+            "customer_ids",
+            format!("at most {} ids", page::MAX_PAGE_SIZE),
+        );
+        for (i, id) in req.customer_ids.iter().enumerate().take(page::MAX_PAGE_SIZE as usize) {
+            validate::id(&mut v, &format!("customer_ids[{i}]"), id);
+        }
+        v.require(
+            req.currency_code.is_empty() || validate::is_currency_code(&req.currency_code),
+            "currency_code",
+            "an ISO 4217 code such as EUR",
+        );
+        let size = page::page_size(&mut v, req.page_size);
+        let after = conversions::value_cursor(&mut v, &req.page_token);
+        v.finish()?;
+        let as_of = self.consistent(&request, req.min_sequence.as_ref()).await?;
+        let currency = if req.currency_code.is_empty() {
+            values::current_policy(self.store.conn()).await?.0.currency
+        } else {
+            req.currency_code.clone()
+        };
+        let mut ids = req.customer_ids.clone();
+        ids.sort();
+        ids.dedup();
+        let mut m = values::profitability(&self.store, &currency, &ids, req.least_profitable_first, after, size + 1)
+            .await
+            .map_err(RuntimeError::from)?;
+        let next_page_token = if m.rows.len() as u64 > size {
+            let dropped = m.rows.split_off(size as usize);
+            m.cells.retain(|(c, _, _)| !dropped.iter().any(|(d, _, _)| d == c));
+            m.rows.last().map(|(id, margin, _)| conversions::value_token(*margin, id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let money = |minor: i64| Some(Money { currency_code: currency.clone(), minor_units: minor });
+        Ok(Response::new(pb::GetProfitabilityMatrixResponse {
+            cells: m
+                .cells
+                .into_iter()
+                .map(|(customer_id, category, margin)| pb::ProfitabilityCell {
+                    customer_id,
+                    category,
+                    margin: money(margin),
+                })
+                .collect(),
+            customers: m
+                .rows
+                .into_iter()
+                .map(|(customer_id, margin, revenue)| pb::CustomerMargin {
+                    customer_id,
+                    margin: money(margin),
+                    revenue: money(revenue),
+                })
+                .collect(),
+            next_page_token,
+            as_of_sequence: Some(as_of),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_retention_report(
+        &self,
+        request: Request<pb::GetRetentionReportRequest>,
+    ) -> Result<Response<pb::GetRetentionReportResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = FieldViolations::new();
+        let period = req.period.unwrap_or_default();
+        let start = validate::timestamp(&mut v, "period.start_time", period.start_time.as_ref());
+        let end = validate::timestamp(&mut v, "period.end_time", period.end_time.as_ref());
+        v.require(
+            (0..=conversions::MAX_HORIZON_DAYS).contains(&req.period_days),
+            "period_days",
+            format!("between 1 and {} (0 for the default, 30)", conversions::MAX_HORIZON_DAYS),
+        );
+        if let (Some(s), Some(e)) = (start, end) {
+            v.require(s < e, "period.end_time", "must be after period.start_time");
+        }
+        let len = if req.period_days <= 0 { 30 } else { i64::from(req.period_days) };
+        // Days before the end instant count; the default end is now.
+        let end_day = domain::day_of(end.unwrap_or_else(time::now).timestamp_micros() - 1) + 1;
+        let start_day = start.map_or(end_day - 12 * len, |s| domain::day_of(s.timestamp_micros()));
+        let periods = (end_day - start_day + len - 1).div_euclid(len);
+        v.require(
+            periods <= MAX_RETENTION_PERIODS,
+            "period_days",
+            format!("at most {MAX_RETENTION_PERIODS} periods per report"),
+        );
+        v.finish()?;
+        let as_of = self.consistent(&request, req.min_sequence.as_ref()).await?;
+        let customers = store::retention::purchase_days(&self.store, start_day + periods * len)
+            .await
+            .map_err(RuntimeError::from)?;
+        let rows = retention::retention(&customers, start_day, end_day, len)
+            .into_iter()
+            .map(|r| pb::RetentionRow {
+                period_start_time: chrono::DateTime::from_timestamp_micros(r.period_start_day * DAY_US)
+                    .map(time::to_timestamp),
+                retention_rate: if r.at_start > 0 { r.retained as f64 / r.at_start as f64 } else { 0.0 },
+                customers_at_start: r.at_start,
+                retained: r.retained,
+                cohort: r.cohort,
+            })
+            .collect();
+        Ok(Response::new(pb::GetRetentionReportResponse { rows, as_of_sequence: Some(as_of) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_at_risk_customers(
+        &self,
+        request: Request<pb::ListAtRiskCustomersRequest>,
+    ) -> Result<Response<pb::ListAtRiskCustomersResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = FieldViolations::new();
+        let below = if req.probability_alive_below == 0.0 { 0.5 } else { req.probability_alive_below };
+        v.require(
+            below.is_finite() && below > 0.0 && below <= 1.0,
+            "probability_alive_below",
+            "above 0 and at most 1 (0 for the default, 0.5)",
+        );
+        let mut tiers: Vec<i32> = Vec::new();
+        for (i, t) in req.tiers.iter().enumerate() {
+            if let Some(t) = validate::enumeration::<pb::ValueTier>(&mut v, &format!("tiers[{i}]"), *t, true) {
+                tiers.push(t as i32);
+            }
+        }
+        if req.tiers.is_empty() {
+            tiers = vec![pb::ValueTier::MostValuable as i32, pb::ValueTier::MostGrowable as i32];
+        }
+        let size = page::page_size(&mut v, req.page_size);
+        let after = conversions::value_cursor(&mut v, &req.page_token);
+        v.finish()?;
+        let as_of = self.consistent(&request, req.min_sequence.as_ref()).await?;
+        let model = self.active_model().await?;
+        let mut rows =
+            store::retention::at_risk(&self.store, below, &tiers, after, size + 1).await.map_err(RuntimeError::from)?;
+        let next_page_token = if rows.len() as u64 > size {
+            rows.truncate(size as usize);
+            rows.last().map(|(k, id)| conversions::value_token(*k, id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut customers = Vec::with_capacity(rows.len());
+        for (_, id) in &rows {
+            customers.push(self.customer_value(id, model.as_deref()).await?);
+        }
+        Ok(Response::new(pb::ListAtRiskCustomersResponse { customers, next_page_token, as_of_sequence: Some(as_of) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id))]
+    async fn evaluate_retention(
+        &self,
+        request: Request<pb::EvaluateRetentionRequest>,
+    ) -> Result<Response<pb::EvaluateRetentionResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = FieldViolations::new();
+        match (req.customer_id.is_empty(), req.segment_id.is_empty()) {
+            (true, true) => v.add("customer_id", "required (or segment_id)"),
+            (false, false) => v.add("segment_id", "give customer_id or segment_id, not both"),
+            (false, true) => validate::id(&mut v, "customer_id", &req.customer_id),
+            (true, false) => validate::id(&mut v, "segment_id", &req.segment_id),
+        }
+        match &req.intervention_cost {
+            None => v.add("intervention_cost", "required"),
+            Some(m) => {
+                v.require(
+                    validate::is_currency_code(&m.currency_code),
+                    "intervention_cost.currency_code",
+                    "an ISO 4217 code such as EUR",
+                );
+                v.require(m.minor_units >= 0, "intervention_cost.minor_units", "must not be negative");
+            }
+        }
+        v.require(
+            req.expected_save_rate.is_finite() && (0.0..=1.0).contains(&req.expected_save_rate),
+            "expected_save_rate",
+            "between 0 and 1",
+        );
+        v.finish()?;
+        if !req.segment_id.is_empty() {
+            return Err(RuntimeError::FailedPrecondition(
+                "needs-based segments are not available on this server; evaluate customers one by one".into(),
+            )
+            .into());
+        }
+        tracing::Span::current().record("customer_id", req.customer_id.as_str());
+        let as_of = self.consistent(&request, req.min_sequence.as_ref()).await?;
+        if !store::retention::known(&self.store, &req.customer_id).await.map_err(RuntimeError::from)? {
+            return Err(RuntimeError::NotFound { resource: "customer", id: req.customer_id.clone() }.into());
+        }
+        let Some((Some(clv), p_alive, currency)) =
+            store::retention::score(&self.store, &req.customer_id).await.map_err(RuntimeError::from)?
+        else {
+            return Err(RuntimeError::FailedPrecondition(
+                "the customer has no lifetime value (no active value model, or no purchase in its currency)".into(),
+            )
+            .into());
+        };
+        let cost = req.intervention_cost.clone().unwrap_or_default();
+        if cost.currency_code != currency {
+            return Err(FieldViolations::single(
+                "intervention_cost.currency_code",
+                format!("must be {currency}, the currency of the lifetime value"),
+            )
+            .into());
+        }
+        let e = retention::economics(clv, p_alive, cost.minor_units, req.expected_save_rate, &currency);
+        let money = |minor: i64| Some(Money { currency_code: currency.clone(), minor_units: minor });
+        Ok(Response::new(pb::EvaluateRetentionResponse {
+            clv_at_risk: money(e.clv_at_risk),
+            expected_net_value: money(e.expected_net_value),
+            recommend: e.recommend,
+            reason: e.reason,
+            as_of_sequence: Some(as_of),
+            clv: money(clv),
+            probability_alive: p_alive,
+        }))
     }
 }

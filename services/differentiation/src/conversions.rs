@@ -9,7 +9,95 @@ use crm_runtime::{
 };
 use prost::Message;
 
-use crate::{domain::clv::Valuation, store::models::FitCommand};
+use crate::{
+    domain::{
+        clv::Valuation,
+        value::{Policy, channel_key, channel_of_key},
+    },
+    store::{models::FitCommand, values::PolicyUpdate},
+};
+
+/// Largest cost per interaction accepted, minor units.
+pub const MAX_COST_PER_INTERACTION: i64 = 1_000_000_000;
+
+/// A stored or requested policy as the domain's (unknown channel keys are
+/// left out; validation refuses them in requests).
+pub fn policy_from_proto(p: &pb::TierPolicy) -> Policy {
+    Policy {
+        version: p.version,
+        most_valuable_share: p.most_valuable_share,
+        most_growable_share: p.most_growable_share,
+        cost_per_interaction: p
+            .cost_per_interaction_minor
+            .iter()
+            .filter_map(|(k, v)| Some((channel_of_key(k)?, *v)))
+            .collect(),
+        currency: p.currency_code.clone(),
+        hysteresis_share: p.hysteresis_share,
+        hysteresis_floor: p.hysteresis_floor_minor,
+    }
+}
+
+/// The domain's policy as protobuf (without etag and time).
+pub fn policy_to_proto(p: &Policy) -> pb::TierPolicy {
+    pb::TierPolicy {
+        version: p.version,
+        most_valuable_share: p.most_valuable_share,
+        most_growable_share: p.most_growable_share,
+        cost_per_interaction_minor: p
+            .cost_per_interaction
+            .iter()
+            .filter_map(|(c, v)| Some((channel_key(*c)?, *v)))
+            .collect(),
+        currency_code: p.currency.clone(),
+        hysteresis_share: p.hysteresis_share,
+        hysteresis_floor_minor: p.hysteresis_floor,
+        etag: String::new(),
+        create_time: None,
+    }
+}
+
+/// An UpdateTierPolicy request as a command.
+pub fn policy_update(req: &pb::UpdateTierPolicyRequest) -> Result<PolicyUpdate, RuntimeError> {
+    let mut v = FieldViolations::new();
+    idempotency::check_request_id(&mut v, &req.request_id);
+    validate::text(&mut v, "etag", &req.etag, validate::MAX_SHORT_TEXT, false);
+    let Some(p) = &req.policy else {
+        v.add("policy", "required");
+        return Err(RuntimeError::InvalidArgument(v));
+    };
+    let share = |v: &mut FieldViolations, field: &str, x: f64| {
+        v.require(x.is_finite() && (0.0..=1.0).contains(&x), field, "between 0 and 1");
+    };
+    share(&mut v, "policy.most_valuable_share", p.most_valuable_share);
+    share(&mut v, "policy.most_growable_share", p.most_growable_share);
+    share(&mut v, "policy.hysteresis_share", p.hysteresis_share);
+    v.require(
+        (0..=MAX_COST_PER_INTERACTION).contains(&p.hysteresis_floor_minor),
+        "policy.hysteresis_floor_minor",
+        format!("between 0 and {MAX_COST_PER_INTERACTION}"),
+    );
+    v.require(validate::is_currency_code(&p.currency_code), "policy.currency_code", "an ISO 4217 code such as EUR");
+    let mut keys: Vec<&String> = p.cost_per_interaction_minor.keys().collect();
+    keys.sort();
+    for k in keys {
+        let field = format!("policy.cost_per_interaction_minor[{}]", k.chars().take(64).collect::<String>());
+        if channel_of_key(k).is_none() {
+            v.add(field, "not a channel (web, mobile_app, email, phone, call_centre, store, chat, social, sales_rep, partner, sms)");
+        } else if !(0..=MAX_COST_PER_INTERACTION).contains(&p.cost_per_interaction_minor[k]) {
+            v.add(field, format!("between 0 and {MAX_COST_PER_INTERACTION}"));
+        }
+    }
+    v.finish()?;
+    Ok(PolicyUpdate {
+        policy: policy_from_proto(p),
+        etag: req.etag.clone(),
+        request_id: req.request_id.clone(),
+        fingerprint: idempotency::fingerprint(
+            &pb::UpdateTierPolicyRequest { request_id: String::new(), ..req.clone() }.encode_to_vec(),
+        ),
+    })
+}
 
 /// Longest CLV horizon, days (ten years).
 pub const MAX_HORIZON_DAYS: i32 = 3650;
@@ -52,7 +140,9 @@ pub fn fit_command(req: &pb::FitValueModelRequest, now: DateTime<Utc>) -> Result
     })
 }
 
-/// The keyset of a customer-value page token: "clv|customer_id".
+/// The keyset of a page token "number|id" (customer values: real value and
+/// customer; tier changes: time and change id; profitability: margin and
+/// customer).
 pub fn value_cursor(v: &mut FieldViolations, token: &str) -> Option<(i64, String)> {
     let raw = crm_runtime::page::decode_token(v, token)?;
     let parsed = raw.split_once('|').and_then(|(k, id)| Some((k.parse::<i64>().ok()?, id.to_owned())));
@@ -62,7 +152,7 @@ pub fn value_cursor(v: &mut FieldViolations, token: &str) -> Option<(i64, String
     parsed
 }
 
-/// The page token after `(clv key, customer id)`.
+/// The page token after `(number, id)`.
 pub fn value_token(key: i64, id: &str) -> String {
     crm_runtime::page::encode_token(&format!("{key}|{id}"))
 }
@@ -107,6 +197,50 @@ mod tests {
         );
         let req = pb::FitValueModelRequest { horizon_days: MAX_HORIZON_DAYS + 1, ..Default::default() };
         assert_eq!(fields(fit_command(&req, now)), ["horizon_days"]);
+    }
+
+    #[test]
+    fn policies_round_trip_and_bad_ones_name_each_field() {
+        let policy = crate::domain::value::Policy::default();
+        let proto = policy_to_proto(&policy);
+        assert_eq!(proto.cost_per_interaction_minor.get("call_centre"), Some(&400));
+        assert_eq!(policy_from_proto(&proto), policy);
+        let cmd =
+            policy_update(&pb::UpdateTierPolicyRequest { policy: Some(proto.clone()), ..Default::default() }).unwrap();
+        assert_eq!(cmd.policy, policy);
+        let bad = pb::TierPolicy {
+            most_valuable_share: 1.5,
+            most_growable_share: f64::NAN,
+            cost_per_interaction_minor: [("fax".to_owned(), 1), ("web".to_owned(), -1)].into(),
+            currency_code: "euro".into(),
+            hysteresis_share: -0.1,
+            hysteresis_floor_minor: -1,
+            ..proto
+        };
+        let fields = match policy_update(&pb::UpdateTierPolicyRequest {
+            policy: Some(bad),
+            request_id: "\u{7}".into(),
+            etag: "x".repeat(300),
+        }) {
+            Err(RuntimeError::InvalidArgument(v)) => v.violations().iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
+            other => panic!("expected invalid argument, got {other:?}"),
+        };
+        assert_eq!(
+            fields,
+            [
+                "request_id",
+                "etag",
+                "policy.most_valuable_share",
+                "policy.most_growable_share",
+                "policy.hysteresis_share",
+                "policy.hysteresis_floor_minor",
+                "policy.currency_code",
+                "policy.cost_per_interaction_minor[fax]",
+                "policy.cost_per_interaction_minor[web]",
+            ]
+        );
+        let missing = policy_update(&pb::UpdateTierPolicyRequest::default());
+        assert!(matches!(missing, Err(RuntimeError::InvalidArgument(v)) if v.violations()[0].0 == "policy"));
     }
 
     #[test]

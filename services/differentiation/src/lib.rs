@@ -1,13 +1,16 @@
 //! Differentiation — Differentiate: what each customer is worth and what
-//! they need. Builds its projections from the interaction feed (exactly
-//! once, cursor in the same transaction) and answers value reads with
-//! consistency tokens.
+//! they need. Builds its projections from the interaction and
+//! identification feeds (exactly once, cursor in the same transaction):
+//! purchase summaries, lifetime values, real and strategic value, cost to
+//! serve, value tiers, RFM; and answers value reads with consistency
+//! tokens.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod conversions;
 pub mod domain;
 pub mod migration;
+pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use crm_runtime::{
     db::Store,
     server::{Running, ServeError, ServiceSpec, Shutdown, spawn},
 };
+use settings::ValueSettings;
 use tonic::server::NamedService;
 
 /// The fully-qualified gRPC service name.
@@ -33,16 +37,27 @@ pub const IDENTIFICATION_FEED: &str = "identification";
 
 /// Connect and migrate the store, follow the interaction feed (and the
 /// identification feed when its address is configured), then serve until
-/// `shutdown`. Health turns SERVING once the feeds are connected.
+/// `shutdown`. Health turns SERVING once the feeds are connected. Its own
+/// settings come from the environment ([`settings`]).
 pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, ServeError> {
+    start_with(settings, &ValueSettings::from_env()?, shutdown).await
+}
+
+/// [`start`] with explicit differentiation settings.
+pub async fn start_with(
+    settings: &Settings,
+    values: &ValueSettings,
+    shutdown: Shutdown,
+) -> Result<Running, ServeError> {
     let interaction = settings.peers.require(ServiceKind::Interaction)?;
     let store = Store::connect(&settings.database_url, settings.db_max_connections).await?;
     store.migrate::<migration::Migrator>().await?;
+    store::values::ensure_policy(&store, &values.initial_policy).await?;
     let consumer = Consumer {
         name: INTERACTION_FEED.to_owned(),
         store: store.clone(),
         source: Arc::new(InteractionFeed(client::channel(&interaction, None)?)),
-        projection: Arc::new(store::PurchaseSummaryProjection),
+        projection: Arc::new(store::PurchaseSummaryProjection { recompute_events: values.recompute_events }),
     };
     let progress = consumer.spawn(shutdown.clone()).await?;
     let identity = match &settings.peers.identification {
@@ -57,8 +72,14 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, S
         }
         None => None,
     };
-    let api = api::DifferentiationApi::new(store, progress.clone(), settings.request_timeout)
-        .following_identification(identity.clone());
+    if !values.recompute_interval.is_zero() {
+        tokio::spawn(recompute_periodically(store.clone(), values.recompute_interval, shutdown.clone()));
+    }
+    // Waits for a `min_sequence` end a little before the request times out,
+    // so that the answer is DEADLINE_EXCEEDED rather than a cancellation.
+    let max_wait = settings.request_timeout.saturating_sub(settings.request_timeout / 10);
+    let api =
+        api::DifferentiationApi::new(store, progress.clone(), max_wait).following_identification(identity.clone());
     let service = DifferentiationServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
@@ -70,4 +91,18 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, S
     };
     let spec = ServiceSpec { grpc_names: vec![SERVICE_NAME], routes: tonic::service::Routes::new(service), ready };
     spawn(settings, spec, shutdown).await
+}
+
+/// Recompute the tier boundaries every `every` until shutdown (CLVs and
+/// recencies move with time even when no event arrives).
+async fn recompute_periodically(store: Store, every: std::time::Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = store::values::recompute(&store).await {
+            tracing::warn!(error = %e, "periodic tier recompute failed; retrying at the next period");
+        }
+    }
 }

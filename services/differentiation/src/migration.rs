@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
             Box::new(crm_runtime::migration::RuntimeTables),
             Box::new(PurchaseSummaryTables),
             Box::new(ValueModelTables),
+            Box::new(ValueTierTables),
         ]
     }
 }
@@ -202,6 +203,162 @@ impl MigrationTrait for ValueModelTables {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for t in ["customer_scores", "value_models", "customer_interactions", "order_categories", "orders"] {
+            manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The remaining DF-1 inputs (referrals, stated needs, declared wallets,
+/// profile traits and merge aliases), per-customer values and tiers, tier
+/// policies, boundaries and the tier change log. Both projections are
+/// rebuilt from their feeds: the cursors are reset and the facts emptied.
+pub struct ValueTierTables;
+
+impl MigrationName for ValueTierTables {
+    fn name(&self) -> &str {
+        "m20261124_000001_value_tiers"
+    }
+}
+
+fn table(name: &'static str) -> TableCreateStatement {
+    Table::create().table(name).to_owned()
+}
+
+fn index(name: &'static str, on: &'static str, cols: &[&'static str]) -> IndexCreateStatement {
+    let mut i = Index::create().name(name).table(on).to_owned();
+    for c in cols {
+        i.col(*c);
+    }
+    i
+}
+
+const TIER_TABLES: [&str; 9] = [
+    "tier_changes",
+    "customer_values",
+    "tier_state",
+    "tier_policies",
+    "profile_aliases",
+    "customer_traits",
+    "customer_wallets",
+    "customer_needs",
+    "customer_referrals",
+];
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ValueTierTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let id = |n: &'static str| ColumnDef::new(n).string().not_null().to_owned();
+        let big = |n: &'static str| ColumnDef::new(n).big_integer().not_null().to_owned();
+        let tables = [
+            table("customer_referrals")
+                .col(id("interaction_id").primary_key())
+                .col(id("customer_id"))
+                .col(id("referred_id"))
+                .col(big("occur_us"))
+                .to_owned(),
+            table("customer_needs")
+                .col(id("interaction_id"))
+                .col(id("need"))
+                .col(id("customer_id"))
+                .col(ColumnDef::new("stated").boolean().not_null())
+                .col(big("occur_us"))
+                .primary_key(Index::create().col("interaction_id").col("need"))
+                .to_owned(),
+            table("customer_wallets")
+                .col(id("interaction_id"))
+                .col(id("category"))
+                .col(id("customer_id"))
+                .col(ColumnDef::new("currency_code").string().not_null())
+                .col(big("amount_minor"))
+                .col(big("occur_us"))
+                .primary_key(Index::create().col("interaction_id").col("category"))
+                .to_owned(),
+            table("customer_traits")
+                .col(id("customer_id").primary_key())
+                .col(ColumnDef::new("traits").blob().not_null())
+                .to_owned(),
+            table("profile_aliases").col(id("alias_id").primary_key()).col(id("profile_id")).to_owned(),
+            table("tier_policies")
+                .col(big("version").primary_key())
+                .col(ColumnDef::new("body").blob().not_null())
+                .col(big("created_us"))
+                .to_owned(),
+            table("tier_state")
+                .col(ColumnDef::new("id").integer().not_null().primary_key())
+                .col(big("policy_version"))
+                .col(ColumnDef::new("most_valuable_minor").big_integer().null())
+                .col(ColumnDef::new("most_growable_minor").big_integer().null())
+                .col(ColumnDef::new("rfm_cuts").text().not_null())
+                .col(big("population"))
+                .col(big("computed_us"))
+                .col(big("events_since"))
+                .to_owned(),
+            table("customer_values")
+                .col(id("customer_id").primary_key())
+                .col(id("currency_code"))
+                .col(big("historical_margin_minor"))
+                .col(big("clv_minor"))
+                .col(big("referral_value_minor"))
+                .col(big("referred_count"))
+                .col(big("real_value_minor"))
+                .col(big("cost_to_serve_minor"))
+                .col(big("net_value_minor"))
+                .col(big("strategic_value_minor"))
+                .col(ColumnDef::new("rfm_recency").integer().not_null())
+                .col(ColumnDef::new("rfm_frequency").integer().not_null())
+                .col(ColumnDef::new("rfm_monetary").integer().not_null())
+                .col(ColumnDef::new("tier").integer().not_null())
+                .col(ColumnDef::new("tier_reason").text().not_null())
+                .col(big("policy_version"))
+                .col(big("updated_us"))
+                .to_owned(),
+            table("tier_changes")
+                .col(id("id").primary_key())
+                .col(id("customer_id"))
+                .col(ColumnDef::new("from_tier").integer().not_null())
+                .col(ColumnDef::new("to_tier").integer().not_null())
+                .col(ColumnDef::new("reason").text().not_null())
+                .col(big("policy_version"))
+                .col(big("change_us"))
+                .to_owned(),
+        ];
+        for t in tables {
+            manager.create_table(t).await?;
+        }
+        for i in [
+            index("customer_referrals_by_customer", "customer_referrals", &["customer_id"]),
+            index("customer_referrals_by_referred", "customer_referrals", &["referred_id"]),
+            index("customer_needs_by_customer", "customer_needs", &["customer_id"]),
+            index("customer_wallets_by_customer", "customer_wallets", &["customer_id"]),
+            index("profile_aliases_by_profile", "profile_aliases", &["profile_id"]),
+            index("customer_values_by_real_value", "customer_values", &["real_value_minor", "customer_id"]),
+            index("customer_values_by_tier", "customer_values", &["tier", "real_value_minor", "customer_id"]),
+            index("tier_changes_by_customer", "tier_changes", &["customer_id", "change_us"]),
+            index("tier_changes_by_time", "tier_changes", &["change_us", "id"]),
+        ] {
+            manager.create_index(i).await?;
+        }
+        // Rebuild both projections from the start of their feeds, so that
+        // facts recorded before these tables existed reach them.
+        let db = manager.get_connection();
+        for t in [
+            "order_categories",
+            "orders",
+            "customer_interactions",
+            "customer_scores",
+            "customer_totals",
+            "purchase_days",
+            "customer_summaries",
+        ] {
+            db.execute_unprepared(&format!("DELETE FROM {t}")).await?;
+        }
+        db.execute_unprepared("DELETE FROM feed_cursors WHERE name IN ('interaction', 'identification')").await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for t in TIER_TABLES {
             manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
         Ok(())

@@ -6,14 +6,19 @@
 //!   means over the repeat days);
 //! - [`special`], [`optimize`], [`random`]: numerics;
 //! - [`bgnbd`], [`gamma_gamma`]: the models and their maximum-likelihood fits;
-//! - [`clv`]: per-customer value and its interval.
+//! - [`clv`]: per-customer value and its interval;
+//! - [`retention`]: retention per cohort and retention economics;
+//! - [`value`]: real and strategic value, cost to serve, tiers with
+//!   hysteresis, RFM, and the interaction attribute conventions.
 
 pub mod bgnbd;
 pub mod clv;
 pub mod gamma_gamma;
 pub mod optimize;
 pub mod random;
+pub mod retention;
 pub mod special;
+pub mod value;
 
 use chrono::{DateTime, Utc};
 

@@ -9,9 +9,17 @@
 //! customer is rescored with the active value model, all inside the
 //! consumer's cursor transaction: scores follow every purchase event.
 //!
-//! [`models`] holds the fitted value models and the population rescoring.
+//! [`models`] holds the fitted value models and the population rescoring;
+//! [`values`] the customer values and tiers, which follow every such
+//! change too, and the remaining DF-1 inputs: referrals, stated needs and
+//! declared wallets (from REFERRAL and PREFERENCE_STATEMENT interactions,
+//! kept under their interaction id so re-keys move them like any other
+//! fact), and profile traits and merge aliases (from the identification
+//! feed).
 
 pub mod models;
+pub mod retention;
+pub mod values;
 
 use chrono::{DateTime, Utc};
 use crm_proto::{
@@ -30,9 +38,19 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Value};
 
 use crate::domain::{self, Counts, PurchaseDay};
 
-/// Applies interaction events to the purchase projection.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PurchaseSummaryProjection;
+/// Applies interaction events to the purchase and value projections.
+#[derive(Debug, Clone, Copy)]
+pub struct PurchaseSummaryProjection {
+    /// Recompute the tier boundaries after this many events (0: only when
+    /// there are none yet).
+    pub recompute_events: u64,
+}
+
+impl Default for PurchaseSummaryProjection {
+    fn default() -> Self {
+        PurchaseSummaryProjection { recompute_events: 1000 }
+    }
+}
 
 impl Projection<InteractionEvent> for PurchaseSummaryProjection {
     fn apply<'a>(
@@ -41,12 +59,19 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
         event: &'a InteractionEvent,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
+            // Both consumers and the population jobs take the scores lock
+            // first, so they never wait on each other's rows while holding it.
+            models::lock_scores(tx).await?;
             let now = time::now();
             let customer = event.customer_id.as_str();
             match &event.kind {
                 Some(Kind::InteractionRecorded(r)) => {
-                    record_interaction(tx, customer, r.interaction.as_ref()).await?;
+                    let referred = record_interaction(tx, customer, r.interaction.as_ref()).await?;
                     refresh(tx, customer, now).await?;
+                    // An earlier referral may take the credit from another referrer.
+                    if let Some(referred) = referred {
+                        values::revalue_referrers(tx, &referred, now).await?;
+                    }
                 }
                 Some(Kind::PurchaseRecorded(p)) => {
                     let Some(order) = &p.order else {
@@ -84,24 +109,19 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
                 Some(Kind::CustomerRekeyed(k)) => {
                     let facts = k.facts.clone().unwrap_or_default();
                     move_facts(tx, "orders", "order_id", &facts.order_ids, &k.to_customer_id).await?;
-                    move_facts(
-                        tx,
-                        "customer_interactions",
-                        "interaction_id",
-                        &facts.interaction_ids,
-                        &k.to_customer_id,
-                    )
-                    .await?;
+                    for table in std::iter::once("customer_interactions").chain(values::STATEMENT_TABLES) {
+                        move_facts(tx, table, "interaction_id", &facts.interaction_ids, &k.to_customer_id).await?;
+                    }
                     refresh(tx, &k.from_customer_id, now).await?;
                     refresh(tx, &k.to_customer_id, now).await?;
                 }
                 Some(Kind::CustomerErased(e)) => {
                     let id = if e.customer_id.is_empty() { customer } else { e.customer_id.as_str() };
-                    erase(tx, id).await?;
+                    erase(tx, id, now).await?;
                 }
                 Some(Kind::ConsentRecorded(_)) | None => {}
             }
-            Ok(())
+            values::after_event(tx, now, self.recompute_events).await
         })
     }
 }
@@ -111,41 +131,63 @@ fn micros(t: Option<&prost_types::Timestamp>, fallback: DateTime<Utc>) -> i64 {
 }
 
 /// Applies the identification feed. Erasure removes the person from every
-/// projection (facts, summaries, scores) at once, without waiting for
-/// interaction's own `CustomerErased`; merges and unmerges move facts
-/// through interaction's `CustomerRekeyed` events, which list exactly the
-/// facts moved, so nothing else is held per profile that they concern.
+/// projection (facts, summaries, scores, values, tiers, traits) at once,
+/// without waiting for interaction's own `CustomerErased`; merges and
+/// unmerges move facts through interaction's `CustomerRekeyed` events,
+/// which list exactly the facts moved. What is held per profile here is
+/// its traits (replaced by every created or updated profile, which carries
+/// them whole — a merge and an unmerge update the profiles they concern)
+/// and its merge aliases, through which a referral naming a merged-away id
+/// credits the profile it now stands for.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IdentityProjection;
 
 impl Projection<ProfileEvent> for IdentityProjection {
     fn apply<'a>(&'a self, tx: &'a mut WriteTxn, event: &'a ProfileEvent) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
-            if let Some(profile_event::Kind::ProfileErased(e)) = &event.kind {
-                let id = if e.profile_id.is_empty() { event.profile_id.as_str() } else { e.profile_id.as_str() };
-                erase(tx, id).await?;
+            models::lock_scores(tx).await?;
+            let now = time::now();
+            match &event.kind {
+                Some(profile_event::Kind::ProfileErased(e)) => {
+                    let id = if e.profile_id.is_empty() { event.profile_id.as_str() } else { e.profile_id.as_str() };
+                    erase(tx, id, now).await?;
+                }
+                Some(profile_event::Kind::ProfileCreated(c)) => {
+                    if let Some(p) = &c.profile {
+                        values::set_traits(tx, p).await?;
+                    }
+                }
+                Some(profile_event::Kind::ProfileUpdated(u)) => {
+                    if let Some(p) = &u.profile {
+                        values::set_traits(tx, p).await?;
+                    }
+                }
+                Some(profile_event::Kind::ProfileMerged(m)) => {
+                    values::alias(tx, &m.merged_id, &m.surviving_id, now).await?;
+                }
+                Some(profile_event::Kind::ProfileUnmerged(u)) => {
+                    values::unalias(tx, &u.restored_id, &u.surviving_id, now).await?;
+                }
+                Some(profile_event::Kind::IdentifiersChanged(_)) | None => {}
             }
             Ok(())
         })
     }
 }
 
-/// Keep an interaction (for counts and cost to serve), once per id.
-async fn record_interaction(tx: &WriteTxn, customer: &str, i: Option<&Interaction>) -> Result<(), DbErr> {
-    let Some(i) = i.filter(|i| !i.id.is_empty()) else { return Ok(()) };
+/// Keep an interaction (for counts and cost to serve), once per id, with
+/// what a referral or preference statement says. Returns the customer a
+/// referral names.
+async fn record_interaction(tx: &WriteTxn, customer: &str, i: Option<&Interaction>) -> Result<Option<String>, DbErr> {
+    let Some(i) = i.filter(|i| !i.id.is_empty()) else { return Ok(None) };
+    let occur_us = micros(i.occur_time.as_ref(), time::now());
     tx.execute_raw(tx.stmt(
         "INSERT INTO customer_interactions (interaction_id, customer_id, channel, interaction_type, occur_us) \
          VALUES (?, ?, ?, ?, ?) ON CONFLICT (interaction_id) DO NOTHING",
-        vec![
-            i.id.clone().into(),
-            customer.into(),
-            i.channel.into(),
-            i.r#type.into(),
-            micros(i.occur_time.as_ref(), time::now()).into(),
-        ],
+        vec![i.id.clone().into(), customer.into(), i.channel.into(), i.r#type.into(), occur_us.into()],
     ))
     .await?;
-    Ok(())
+    values::record_statement(tx, customer, i, occur_us).await
 }
 
 /// Keep an order with its per-category totals.
@@ -208,11 +250,25 @@ async fn apply_return(tx: &WriteTxn, ret: &crm_proto::interaction::v1::OrderRetu
         vec![revenue.into(), cost.into(), ret.order_id.clone().into()],
     ))
     .await?;
+    // Per category, from the lines returned (they carry the order's prices).
+    for l in &ret.lines {
+        tx.execute_raw(tx.stmt(
+            "UPDATE order_categories SET revenue_minor = revenue_minor - ?, cost_minor = cost_minor - ? \
+             WHERE order_id = ? AND category = ?",
+            vec![
+                l.quantity.saturating_mul(l.unit_price_minor).into(),
+                l.quantity.saturating_mul(l.unit_cost_minor).into(),
+                ret.order_id.clone().into(),
+                l.category.clone().into(),
+            ],
+        ))
+        .await?;
+    }
     Ok(Some(owner.try_get_by_index(0)?))
 }
 
 /// Ids per `IN (…)` list.
-const IN_CHUNK: usize = 500;
+pub(crate) const IN_CHUNK: usize = 500;
 
 async fn move_facts(tx: &WriteTxn, table: &str, key: &str, ids: &[String], to: &str) -> Result<(), DbErr> {
     for chunk in ids.chunks(IN_CHUNK) {
@@ -225,16 +281,23 @@ async fn move_facts(tx: &WriteTxn, table: &str, key: &str, ids: &[String], to: &
     Ok(())
 }
 
-/// Delete everything held about a customer.
-pub async fn erase(tx: &WriteTxn, customer: &str) -> Result<(), DbErr> {
+/// Delete everything held about a customer, in every projection.
+pub async fn erase(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
     tx.execute_raw(tx.stmt(
         "DELETE FROM order_categories WHERE order_id IN (SELECT order_id FROM orders WHERE customer_id = ?)",
         vec![customer.into()],
     ))
     .await?;
-    for table in
-        ["orders", "customer_interactions", "purchase_days", "customer_totals", "customer_summaries", "customer_scores"]
-    {
+    for table in ["orders", "customer_interactions"] {
+        tx.execute_raw(tx.stmt(&format!("DELETE FROM {table} WHERE customer_id = ?"), vec![customer.into()])).await?;
+    }
+    forget_derived(tx, customer).await?;
+    values::erase(tx, customer, now).await
+}
+
+/// Delete the rows derived from a customer's facts (when none are left).
+async fn forget_derived(tx: &WriteTxn, customer: &str) -> Result<(), DbErr> {
+    for table in ["purchase_days", "customer_totals", "customer_summaries", "customer_scores", "customer_values"] {
         tx.execute_raw(tx.stmt(&format!("DELETE FROM {table} WHERE customer_id = ?"), vec![customer.into()])).await?;
     }
     Ok(())
@@ -264,8 +327,10 @@ pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
         .ok_or_else(|| DbErr::RecordNotFound("count".into()))?
         .try_get_by_index(0)?;
     if orders == 0 && interactions == 0 {
-        erase(tx, customer).await?;
-        return Ok(());
+        // Facts moved away (a merge): nothing is derived from them any more;
+        // the tier change log stays, and the referrers credited lose them.
+        forget_derived(tx, customer).await?;
+        return values::revalue_referrers(tx, customer, now).await;
     }
     tx.execute_raw(tx.stmt("DELETE FROM purchase_days WHERE customer_id = ?", vec![customer.into()])).await?;
     let transactions = tx
@@ -300,7 +365,9 @@ pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
         ],
     ))
     .await?;
-    models::rescore_customer(tx, customer, now).await
+    models::rescore_customer(tx, customer, now).await?;
+    values::revalue(tx, customer, now).await?;
+    values::revalue_referrers(tx, customer, now).await
 }
 
 /// A customer's purchase days (ascending), with that day's revenue and
@@ -386,34 +453,6 @@ pub async fn purchase_summary(
         });
     }
     Ok((summary, update_time))
-}
-
-/// Customers in value order (highest CLV first, customers without a
-/// score last, then by id), after the keyset `after` = (clv key, id).
-pub async fn list_customers(
-    store: &Store,
-    after: Option<(i64, String)>,
-    limit: u64,
-) -> Result<Vec<(i64, String)>, DbErr> {
-    let key = "COALESCE(sc.clv_minor, -9223372036854775807)";
-    let (filter, mut values): (String, Vec<Value>) = match after {
-        Some((k, id)) => {
-            (format!("WHERE {key} < ? OR ({key} = ? AND s.customer_id > ?)"), vec![k.into(), k.into(), id.into()])
-        }
-        None => (String::new(), vec![]),
-    };
-    values.push((limit as i64).into());
-    let rows = store
-        .conn()
-        .query_all_raw(store.stmt(
-            &format!(
-                "SELECT {key}, s.customer_id FROM customer_summaries s LEFT JOIN customer_scores sc ON sc.customer_id = s.customer_id \
-                 {filter} ORDER BY {key} DESC, s.customer_id ASC LIMIT ?"
-            ),
-            values,
-        ))
-        .await?;
-    rows.iter().map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?))).collect()
 }
 
 /// Whether PostgreSQL (for advisory locks).

@@ -2,7 +2,8 @@
 //! purchase days up to the calibration end, fits off the async runtime,
 //! and stores a new version; a converged fit that is to be activated
 //! becomes the only active version and every customer is rescored in the
-//! same transaction. A fit that did not converge is stored (so operators
+//! same transaction, and the tier boundaries recomputed with the new CLVs.
+//! A fit that did not converge is stored (so operators
 //! can see why) but never activated: the active model stays.
 
 use std::sync::Arc;
@@ -297,6 +298,7 @@ pub async fn fit(store: &Store, cmd: FitCommand) -> Result<pb::ValueModel, Runti
         tx.execute_raw(tx.stmt("UPDATE value_models SET active = (version = ?)", vec![version.into()])).await?;
         let model = active(&*tx).await?.ok_or_else(|| DbErr::RecordNotFound("activated model".into()))?;
         rescore_all(&tx, &model, now).await?;
+        super::values::recompute_all(&tx, now).await?;
     }
     let stored = fetch(&tx, version).await?;
     let response = pb::FitValueModelResponse { model: Some(stored.proto.clone()) };
@@ -318,7 +320,7 @@ async fn fetch(tx: &WriteTxn, version: i64) -> Result<StoredModel, DbErr> {
 
 /// Serialise score writers on PostgreSQL (the feed consumer and a fit's
 /// rescoring); SQLite has one writer at a time already.
-async fn lock_scores(tx: &WriteTxn) -> Result<(), DbErr> {
+pub(crate) async fn lock_scores(tx: &WriteTxn) -> Result<(), DbErr> {
     if super::is_postgres(tx) {
         let key = idempotency::fingerprint(b"differentiation:scores");
         tx.execute_raw(tx.stmt("SELECT pg_advisory_xact_lock(?)", vec![key.into()])).await?;
@@ -381,9 +383,9 @@ fn score_values(id: &str, model: &StoredModel, s: &clv::Score, now: DateTime<Utc
 }
 
 /// Rescore one customer with the active model (inside the consumer's
-/// transaction, after each event that changed them).
+/// transaction, after each event that changed them; the consumer holds the
+/// scores lock).
 pub async fn rescore_customer(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
-    lock_scores(tx).await?;
     let Some(model) = active(&**tx).await? else { return Ok(()) };
     let days = super::purchase_days(&**tx, customer, &model.currency).await?;
     let today = domain::day_of(now.timestamp_micros());

@@ -266,8 +266,19 @@ async fn cdnow_through_the_services_reproduces_the_published_estimates() {
     assert_eq!(clv.currency_code, "USD");
     assert!(lv.interval_level > 0.0);
 
-    // A purchase today moves a customer to the top of the value list: the
-    // stored score follows the event.
+    // Values and tiers are in the tier policy's currency: USD here.
+    let policy = app.values.get_tier_policy(pb::GetTierPolicyRequest {}).await.expect("policy").into_inner().policy;
+    app.values
+        .update_tier_policy(pb::UpdateTierPolicyRequest {
+            policy: Some(pb::TierPolicy { currency_code: "USD".into(), ..policy.expect("policy") }),
+            ..Default::default()
+        })
+        .await
+        .expect("policy in USD");
+    assert_at_risk_customers_and_their_economics(&mut app).await;
+    // Large purchases today move a customer to the top of the value list
+    // (highest real value: margin + CLV + referrals): the stored value
+    // follows the event.
     let top = |r: pb::ListCustomerValuesResponse| r.values[0].customer_id.clone();
     let before = app
         .values
@@ -277,14 +288,13 @@ async fn cdnow_through_the_services_reproduces_the_published_estimates() {
         .into_inner();
     assert_eq!(before.values.len(), 3);
     assert!(!before.next_page_token.is_empty());
-    // Customer 1 bought repeatedly, last in 1998: long lapsed (customers
-    // who never repeated count as alive in BG/NBD, so they rank high).
+    // Customer 1 bought four times for a few dollars, last in 1998.
     let quiet = ids[&1].clone();
     assert_ne!(top(before), quiet);
     let today = chrono::Utc::now().date_naive();
     let mut seq = 0;
     for back in [2, 1, 0] {
-        let req = purchase_request(&quiet, today - chrono::Duration::days(back), 50_000);
+        let req = purchase_request(&quiet, today - chrono::Duration::days(back), 1_000_000);
         seq = app.interactions.record_purchase(req).await.expect("purchase").into_inner().sequence;
     }
     let after = app
@@ -319,4 +329,61 @@ async fn cdnow_through_the_services_reproduces_the_published_estimates() {
     assert_eq!(failed.version, model.version + 1);
     let active = app.values.get_value_model(pb::GetValueModelRequest { version: 0 }).await.expect("active");
     assert_eq!(active.into_inner().model.expect("model").version, model.version);
+}
+
+/// With a fitted model in the policy currency, valuable customers whose
+/// P(alive) fell are listed, most value at risk first, and intervening on
+/// one of them is weighed against their CLV at risk.
+async fn assert_at_risk_customers_and_their_economics(app: &mut crate::App) {
+    let at_risk = app
+        .values
+        .list_at_risk_customers(pb::ListAtRiskCustomersRequest {
+            probability_alive_below: 0.5,
+            page_size: 20,
+            ..Default::default()
+        })
+        .await
+        .expect("at risk")
+        .into_inner();
+    assert!(!at_risk.customers.is_empty(), "lapsed repeat buyers are at risk today");
+    let mut previous = i64::MAX;
+    for c in &at_risk.customers {
+        assert!([pb::ValueTier::MostValuable as i32, pb::ValueTier::MostGrowable as i32].contains(&c.tier));
+        let p = c.lifetime_value.as_ref().expect("lifetime value").probability_alive;
+        assert!(p < 0.5, "{p}");
+        let at_stake = (c.real_value.as_ref().expect("real value").minor_units as f64 * (1.0 - p)) as i64;
+        assert!(at_stake <= previous.saturating_add(1), "most value at risk first");
+        previous = at_stake;
+    }
+    let customer = at_risk.customers[0].customer_id.clone();
+    let usd = |minor_units| Some(crm_proto::common::v1::Money { currency_code: "USD".into(), minor_units });
+    let e = app
+        .values
+        .evaluate_retention(pb::EvaluateRetentionRequest {
+            customer_id: customer.clone(),
+            intervention_cost: usd(100),
+            expected_save_rate: 0.5,
+            ..Default::default()
+        })
+        .await
+        .expect("evaluate")
+        .into_inner();
+    let clv = e.clv.expect("clv").minor_units;
+    let at_risk_value = e.clv_at_risk.expect("at risk").minor_units;
+    assert!(e.probability_alive < 0.5);
+    assert_eq!(at_risk_value, (clv.max(0) as f64 * (1.0 - e.probability_alive)).round() as i64);
+    let net = e.expected_net_value.expect("net").minor_units;
+    assert_eq!(net, (at_risk_value as f64 * 0.5).round() as i64 - 100);
+    assert_eq!(e.recommend, net > 0, "{}", e.reason);
+    let err = app
+        .values
+        .evaluate_retention(pb::EvaluateRetentionRequest {
+            customer_id: customer,
+            intervention_cost: Some(crm_proto::common::v1::Money { currency_code: "EUR".into(), minor_units: 100 }),
+            expected_save_rate: 0.5,
+            ..Default::default()
+        })
+        .await
+        .expect_err("another currency");
+    assert_eq!(crm_runtime::error::field_violations(&err)[0].0, "intervention_cost.currency_code");
 }

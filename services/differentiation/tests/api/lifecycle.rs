@@ -12,7 +12,7 @@ use crm_runtime::ids::new_id;
 
 use crate::{App, purchase, spawn_app};
 
-async fn profile(app: &mut App) -> (String, i64) {
+pub(crate) async fn profile(app: &mut App) -> (String, i64) {
     let r = app
         .profiles
         .resolve_identity(idpb::ResolveIdentityRequest {
@@ -122,4 +122,88 @@ async fn merges_move_value_unmerges_split_it_back_and_erasure_removes_everything
     assert_eq!((s.order_count, s.interaction_count, s.totals.len()), (0, 0, 0));
     assert!(!listed(&mut app, &a).await);
     assert!(listed(&mut app, &b).await, "the other customer is untouched");
+}
+
+/// Poll `customer`'s value until `done` holds (re-keys reach this
+/// projection through interaction's feed, whose position is not known).
+async fn until(app: &mut App, customer: &str, done: impl Fn(&pb::CustomerValue) -> bool) -> pb::CustomerValue {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = app
+            .values
+            .get_customer_value(pb::GetCustomerValueRequest { customer_id: customer.to_owned(), min_sequence: None })
+            .await
+            .expect("value")
+            .into_inner()
+            .value
+            .expect("value");
+        if done(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{customer}: {v:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn minor(m: &Option<crm_proto::common::v1::Money>) -> i64 {
+    m.as_ref().map_or(0, |m| m.minor_units)
+}
+
+#[tokio::test]
+async fn needs_and_referrals_follow_merges_and_unmerges() {
+    use crm_proto::{
+        common::v1::{TraitValue, trait_value::Kind},
+        interaction::v1::{self as ipb, InteractionType},
+    };
+    let mut app = spawn_app().await;
+    let (a, _) = profile(&mut app).await;
+    let (b, _) = profile(&mut app).await;
+    let (friend, fan) = (new_id(), new_id());
+    let text = |v: &str| TraitValue { kind: Some(Kind::StringValue(v.into())) };
+    let say = |customer: &str, kind: InteractionType, key: &str, v: TraitValue| ipb::RecordInteractionRequest {
+        customer_id: customer.to_owned(),
+        channel: Channel::Web as i32,
+        r#type: kind as i32,
+        attributes: [(key.to_owned(), v)].into(),
+        ..Default::default()
+    };
+    // b states a need and referred a friend; a fan referred b.
+    for req in [
+        say(&b, InteractionType::PreferenceStatement, "need", text("eco")),
+        say(&b, InteractionType::Referral, "referred_customer_id", text(&friend)),
+        say(&fan, InteractionType::Referral, "referred_customer_id", text(&b)),
+    ] {
+        app.interactions.record_interaction(req).await.expect("interaction");
+    }
+    for (customer, margin) in [(&friend, 800), (&a, 1000), (&b, 300)] {
+        app.interactions.record_purchase(purchase(customer, 1, "EUR", margin + 100, 100)).await.expect("purchase");
+    }
+    until(&mut app, &b, |v| minor(&v.referral_value) == 800 && v.needs == ["eco"]).await;
+    until(&mut app, &fan, |v| minor(&v.referral_value) == 300).await;
+
+    let merged = app
+        .profiles
+        .merge_profiles(idpb::MergeProfilesRequest {
+            surviving_id: a.clone(),
+            merged_id: b.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("merge")
+        .into_inner();
+    let v = until(&mut app, &a, |v| minor(&v.referral_value) == 800).await;
+    assert_eq!((v.needs.as_slice(), minor(&v.historical_margin)), (["eco".to_owned()].as_slice(), 1300));
+    // The fan referred b, who is now a: credited with a's whole margin.
+    until(&mut app, &fan, |v| minor(&v.referral_value) == 1300).await;
+    let v = until(&mut app, &b, |v| v.needs.is_empty()).await;
+    assert_eq!(minor(&v.referral_value), 0, "the merged id holds nothing");
+
+    app.profiles
+        .unmerge_profiles(idpb::UnmergeProfilesRequest { merge_id: merged.merge_id, ..Default::default() })
+        .await
+        .expect("unmerge");
+    until(&mut app, &b, |v| minor(&v.referral_value) == 800 && v.needs == ["eco"]).await;
+    let v = until(&mut app, &a, |v| minor(&v.referral_value) == 0).await;
+    assert!(v.needs.is_empty());
+    until(&mut app, &fan, |v| minor(&v.referral_value) == 300).await;
 }

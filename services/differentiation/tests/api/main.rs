@@ -4,9 +4,12 @@
 
 mod cdnow;
 mod lifecycle;
+mod retention;
+mod tiers;
 
 use std::time::Duration;
 
+use crm_differentiation::settings::ValueSettings;
 use crm_proto::{
     common::v1::{Channel, FeedSequences},
     differentiation::v1::{self as pb, differentiation_service_client::DifferentiationServiceClient},
@@ -32,7 +35,19 @@ pub(crate) struct App {
     pub(crate) profiles: IdentificationServiceClient<GrpcChannel>,
 }
 
+impl App {
+    /// The URL of differentiation's store, to check what it holds.
+    pub(crate) fn differentiation_store(&self) -> &str {
+        &self._differentiation.db().url
+    }
+}
+
 pub(crate) async fn spawn_app() -> App {
+    spawn_app_with(ValueSettings::default()).await
+}
+
+/// The suite with differentiation's own settings.
+pub(crate) async fn spawn_app_with(values: ValueSettings) -> App {
     let identification = TestServer::start(ServiceKind::Identification, Peers::default(), |s, sd| async move {
         crm_identification::start(&s, sd).await
     })
@@ -47,7 +62,7 @@ pub(crate) async fn spawn_app() -> App {
         ..Default::default()
     };
     let differentiation = TestServer::start(ServiceKind::Differentiation, peers, |s, sd| async move {
-        crm_differentiation::start(&s, sd).await
+        crm_differentiation::start_with(&s, &values, sd).await
     })
     .await;
     App {

@@ -1,0 +1,138 @@
+//! Retention (DF-7): retention rate per period and acquisition cohort, and
+//! the economics of a retention intervention.
+
+use std::collections::BTreeMap;
+
+use super::value::money_text;
+
+/// A customer's acquisition cohort: the month of their first purchase day,
+/// "YYYY-MM".
+pub fn cohort(first_day: i64) -> String {
+    chrono::DateTime::from_timestamp(first_day.saturating_mul(86_400), 0)
+        .map_or_else(|| "unknown".to_owned(), |d| d.format("%Y-%m").to_string())
+}
+
+/// Retention of one cohort in one period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Acquisition cohort, "YYYY-MM".
+    pub cohort: String,
+    /// First day of the period (days since the epoch).
+    pub period_start_day: i64,
+    /// Customers of the cohort who bought in the period before.
+    pub at_start: i64,
+    /// Of which bought in this period too.
+    pub retained: i64,
+}
+
+/// Retention per cohort and period: the periods of `period_days` days from
+/// `start_day` while they start before `end_day`; a customer counts at a
+/// period's start if they bought in the period before it, and as retained
+/// if they bought in it too. `customers` are each one's purchase days,
+/// ascending. Rows without customers at the start are left out.
+pub fn retention(customers: &[Vec<i64>], start_day: i64, end_day: i64, period_days: i64) -> Vec<Row> {
+    let mut rows: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    if period_days <= 0 {
+        return vec![];
+    }
+    for days in customers {
+        let Some(first) = days.first() else { continue };
+        let group = cohort(*first);
+        let bought = |from: i64, to: i64| {
+            let i = days.partition_point(|d| *d < from);
+            days.get(i).is_some_and(|d| *d < to)
+        };
+        let mut s = start_day;
+        while s < end_day {
+            if bought(s - period_days, s) {
+                let e = rows.entry((group.clone(), s)).or_default();
+                e.0 += 1;
+                if bought(s, s + period_days) {
+                    e.1 += 1;
+                }
+            }
+            s += period_days;
+        }
+    }
+    rows.into_iter()
+        .map(|((cohort, period_start_day), (at_start, retained))| Row { cohort, period_start_day, at_start, retained })
+        .collect()
+}
+
+/// The economics of intervening to keep a customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Economics {
+    /// CLV × (1 − P(alive)).
+    pub clv_at_risk: i64,
+    /// CLV at risk × expected save rate − cost.
+    pub expected_net_value: i64,
+    /// Whether the intervention pays.
+    pub recommend: bool,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Whether an intervention costing `cost` that saves `save_rate` of those
+/// at risk pays for a customer with `clv` and `probability_alive`.
+pub fn economics(clv: i64, probability_alive: f64, cost: i64, save_rate: f64, currency: &str) -> Economics {
+    let p = if probability_alive.is_finite() { probability_alive.clamp(0.0, 1.0) } else { 0.0 };
+    let at_risk = (clv.max(0) as f64 * (1.0 - p)).round() as i64;
+    let saved = (at_risk as f64 * save_rate.clamp(0.0, 1.0)).round() as i64;
+    let net = saved.saturating_sub(cost);
+    let money = |m: i64| money_text(m, currency);
+    let reason = if net > 0 {
+        format!(
+            "intervene: saving {:.0}% of the CLV at risk {} is worth {}, more than the cost {}",
+            save_rate * 100.0,
+            money(at_risk),
+            money(saved),
+            money(cost)
+        )
+    } else {
+        format!(
+            "do not intervene: saving {:.0}% of the CLV at risk {} is worth {}, not more than the cost {}",
+            save_rate * 100.0,
+            money(at_risk),
+            money(saved),
+            money(cost)
+        )
+    };
+    Economics { clv_at_risk: at_risk, expected_net_value: net, recommend: net > 0, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cohorts_are_first_purchase_months() {
+        assert_eq!(cohort(0), "1970-01");
+        assert_eq!(cohort(31), "1970-02");
+    }
+
+    #[test]
+    fn retention_counts_repeat_buyers_per_period() {
+        // Periods of 10 days from day 10: [10, 20), [20, 30).
+        let customers = vec![
+            vec![0, 12, 25], // bought in [0,10), [10,20), [20,30): at start twice, retained twice
+            vec![5],         // at start of [10,20), not retained
+            vec![15, 21],    // at start of [20,30), retained
+            vec![40],        // after the report
+        ];
+        let rows = retention(&customers, 10, 30, 10);
+        let jan: Vec<(i64, i64, i64)> = rows.iter().map(|r| (r.period_start_day, r.at_start, r.retained)).collect();
+        assert_eq!(jan, [(10, 2, 1), (20, 2, 2)]);
+        assert!(rows.iter().all(|r| r.cohort == "1970-01"));
+        assert!(retention(&customers, 10, 30, 0).is_empty());
+    }
+
+    #[test]
+    fn an_intervention_is_recommended_when_the_saved_value_exceeds_its_cost() {
+        let e = economics(10_000, 0.2, 1_000, 0.25, "EUR");
+        assert_eq!((e.clv_at_risk, e.expected_net_value, e.recommend), (8_000, 1_000, true));
+        assert!(e.reason.starts_with("intervene"), "{}", e.reason);
+        let e = economics(10_000, 0.9, 1_000, 0.25, "EUR");
+        assert_eq!((e.clv_at_risk, e.expected_net_value, e.recommend), (1_000, -750, false));
+        assert_eq!(economics(-5, f64::NAN, 0, 1.0, "EUR").clv_at_risk, 0);
+    }
+}
