@@ -64,6 +64,38 @@ pub fn record_of_touchpoint(attrs: &pb::ProfileAttributes, ids: &[Normalized]) -
     .normalized()
 }
 
+/// What a touchpoint that tells `r` sends: the attributes of which
+/// [`record_of_touchpoint`] makes `r` again, and its e-mail and phone as
+/// identifiers (empty ones left out). Loaders and load generators of
+/// generated people use it.
+pub fn touchpoint_of(r: &Record) -> (Vec<pb::Identifier>, pb::ProfileAttributes) {
+    let identifiers = [(IdentifierType::Email, &r.email), (IdentifierType::Phone, &r.phone)]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(kind, value)| pb::Identifier { r#type: kind as i32, value: value.clone(), namespace: String::new() })
+        .collect();
+    let attributes = pb::ProfileAttributes {
+        name: Some(pb::PersonName {
+            given_name: r.given_name.clone(),
+            family_name: r.family_name.clone(),
+            ..Default::default()
+        }),
+        birth_date: r.birth_date.map(|(y, m, d)| crm_proto::common::v1::Date {
+            year: y,
+            month: m as i32,
+            day: d as i32,
+        }),
+        address: Some(pb::PostalAddress {
+            lines: if r.street.is_empty() { vec![] } else { vec![r.street.clone()] },
+            postal_code: r.postcode.clone(),
+            locality: r.locality.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (identifiers, attributes)
+}
+
 /// Whether a record says enough about a person to be matched on: a name
 /// (given or family) and, all told, at least three facts (a missing given
 /// or family name is a common gap in a real base).

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use crm_identification::domain::matching::{self, Metrics, Record};
 use crm_proto::{
-    common::v1::{Channel, Date},
+    common::v1::Channel,
     identification::v1::{self as pb, IdentifierType, identification_service_client::IdentificationServiceClient},
 };
 use crm_runtime::{
@@ -23,12 +23,7 @@ use crm_runtime::{
 };
 
 fn request(r: &Record) -> pb::ResolveIdentityRequest {
-    let mut identifiers = Vec::new();
-    for (kind, value) in [(IdentifierType::Email, &r.email), (IdentifierType::Phone, &r.phone)] {
-        if !value.is_empty() {
-            identifiers.push(pb::Identifier { r#type: kind as i32, value: value.clone(), namespace: String::new() });
-        }
-    }
+    let (mut identifiers, attributes) = crm_identification::matcher::touchpoint_of(r);
     if identifiers.is_empty() {
         // A touchpoint always carries something; here a per-visit cookie,
         // which identifies no one.
@@ -41,21 +36,7 @@ fn request(r: &Record) -> pb::ResolveIdentityRequest {
     pb::ResolveIdentityRequest {
         identifiers,
         channel: Channel::Web as i32,
-        attributes: Some(pb::ProfileAttributes {
-            name: Some(pb::PersonName {
-                given_name: r.given_name.clone(),
-                family_name: r.family_name.clone(),
-                ..Default::default()
-            }),
-            birth_date: r.birth_date.map(|(y, m, d)| Date { year: y, month: m as i32, day: d as i32 }),
-            address: Some(pb::PostalAddress {
-                lines: if r.street.is_empty() { vec![] } else { vec![r.street.clone()] },
-                postal_code: r.postcode.clone(),
-                locality: r.locality.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        attributes: Some(attributes),
         ..Default::default()
     }
 }

@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Instant};
 use anyhow::Context;
 use crm_identification::domain::matching::{self, Record};
 use crm_proto::{
-    common::v1::{Channel as ContactChannel, Date},
+    common::v1::Channel as ContactChannel,
     identification::v1::{self as pb, IdentifierType, identification_service_client::IdentificationServiceClient},
 };
 use serde::Serialize;
@@ -48,44 +48,24 @@ impl People {
 /// in-process services' default).
 const REGION: &str = "ES";
 
-/// The identifiers a touchpoint of `r` carries: its e-mail and phone when
-/// they are valid (a corrupted phone may no longer be a number; a touchpoint
-/// would not capture it), or a per-visit cookie (which identifies no one)
-/// when it has neither.
-fn identifiers(r: &Record, visit: u64) -> Vec<pb::Identifier> {
-    let mut out = Vec::new();
-    for (kind, value) in [(IdentifierType::Email, &r.email), (IdentifierType::Phone, &r.phone)] {
-        if !value.is_empty() && crm_identification::domain::normalize(kind, "", value, REGION).is_ok() {
-            out.push(pb::Identifier { r#type: kind as i32, value: value.clone(), namespace: String::new() });
-        }
-    }
-    if out.is_empty() {
-        out.push(pb::Identifier {
+/// What a touchpoint of `r` sends: its attributes, and its e-mail and
+/// phone when they are valid (a corrupted phone may no longer be a number; a
+/// touchpoint would not capture it), or a per-visit cookie (which
+/// identifies no one) when it has neither.
+fn touchpoint(r: &Record, visit: u64) -> (Vec<pb::Identifier>, pb::ProfileAttributes) {
+    let (mut identifiers, attributes) = crm_identification::matcher::touchpoint_of(r);
+    identifiers.retain(|i| {
+        let kind = IdentifierType::try_from(i.r#type).unwrap_or(IdentifierType::Unspecified);
+        crm_identification::domain::normalize(kind, "", &i.value, REGION).is_ok()
+    });
+    if identifiers.is_empty() {
+        identifiers.push(pb::Identifier {
             r#type: IdentifierType::Cookie as i32,
             value: format!("bench-visit-{visit}"),
             namespace: String::new(),
         });
     }
-    out
-}
-
-/// What a touchpoint of `r` says about the person.
-fn attributes(r: &Record) -> pb::ProfileAttributes {
-    pb::ProfileAttributes {
-        name: Some(pb::PersonName {
-            given_name: r.given_name.clone(),
-            family_name: r.family_name.clone(),
-            ..Default::default()
-        }),
-        birth_date: r.birth_date.map(|(y, m, d)| Date { year: y, month: m as i32, day: d as i32 }),
-        address: Some(pb::PostalAddress {
-            lines: if r.street.is_empty() { vec![] } else { vec![r.street.clone()] },
-            postal_code: r.postcode.clone(),
-            locality: r.locality.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    (identifiers, attributes)
 }
 
 /// What loading the base measured.
@@ -123,10 +103,10 @@ pub async fn import(channels: &[Channel], people: &Arc<People>, streams: usize) 
         let mut client = IdentificationServiceClient::new(channels[s % channels.len()].clone());
         tasks.push(tokio::spawn(async move {
             let requests = range.map(move |i| {
-                let r = &people.originals()[i].1;
+                let (identifiers, attributes) = touchpoint(&people.originals()[i].1, i as u64);
                 pb::ImportProfilesRequest {
-                    identifiers: identifiers(r, i as u64),
-                    attributes: Some(attributes(r)),
+                    identifiers,
+                    attributes: Some(attributes),
                     acquisition: None,
                     source_key: format!("bench-{i}"),
                 }
@@ -206,9 +186,10 @@ impl ResolveLane {
     pub fn request(people: &People, index: u64) -> pb::ResolveIdentityRequest {
         let returning = people.returning();
         let (_, r) = &returning[(matching::SplitMix64::new(index).next_u64() % returning.len() as u64) as usize];
+        let (identifiers, attributes) = touchpoint(r, index);
         pb::ResolveIdentityRequest {
-            identifiers: identifiers(r, index),
-            attributes: Some(attributes(r)),
+            identifiers,
+            attributes: Some(attributes),
             channel: ContactChannel::Web as i32,
             ..Default::default()
         }

@@ -1059,28 +1059,9 @@ async fn the_matcher_is_trained_from_the_stored_profiles_in_versions() {
     let mut client = IdentificationServiceClient::new(_server.channel());
     let records: Vec<pb::ImportProfilesRequest> = matching::generate(250, 0.5, 7)
         .into_iter()
-        .map(|(_, r)| pb::ImportProfilesRequest {
-            identifiers: [(IdentifierType::Email, r.email.clone()), (IdentifierType::Phone, r.phone.clone())]
-                .into_iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(t, v)| id(t, &v))
-                .collect(),
-            attributes: Some(pb::ProfileAttributes {
-                name: Some(pb::PersonName {
-                    given_name: r.given_name.clone(),
-                    family_name: r.family_name.clone(),
-                    ..Default::default()
-                }),
-                birth_date: r.birth_date.map(|(y, m, d)| Date { year: y, month: m as i32, day: d as i32 }),
-                address: Some(pb::PostalAddress {
-                    lines: vec![r.street.clone()],
-                    postal_code: r.postcode.clone(),
-                    locality: r.locality.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+        .map(|(_, r)| {
+            let (identifiers, attributes) = crm_identification::matcher::touchpoint_of(&r);
+            pb::ImportProfilesRequest { identifiers, attributes: Some(attributes), ..Default::default() }
         })
         .collect();
     let counts = client.import_profiles(futures::stream::iter(records)).await.unwrap().into_inner();
