@@ -4,6 +4,7 @@
 //! scoring for a resolve.
 
 use std::{
+    collections::BTreeSet,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -135,35 +136,31 @@ pub async fn remember<C: ConnectionTrait>(c: &C, profile_id: &str, record: &Reco
     }
     let backend = c.get_database_backend();
     let fingerprint = record.fingerprint();
-    let known = c
-        .query_one_raw(crm_runtime::db::stmt(
+    let inserted = c
+        .execute_raw(crm_runtime::db::stmt(
             backend,
-            "SELECT 1 FROM profile_records WHERE profile_id = ? AND fingerprint = ?",
-            vec![profile_id.into(), fingerprint.into()],
+            "INSERT INTO profile_records (seen_at_us, profile_id, fingerprint, record) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (profile_id, fingerprint) DO NOTHING",
+            vec![at_us.into(), profile_id.into(), fingerprint.into(), record.to_bytes().into()],
         ))
         .await?
-        .is_some();
-    let sql = if known {
-        "UPDATE profile_records SET seen_at_us = ? WHERE profile_id = ? AND fingerprint = ?"
+        .rows_affected()
+        == 1;
+    let sql = if inserted {
+        // Only the most recently seen records stay.
+        "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint <> ? AND fingerprint NOT IN \
+         (SELECT fingerprint FROM profile_records WHERE profile_id = ? AND fingerprint <> ? \
+          ORDER BY seen_at_us DESC, fingerprint DESC LIMIT ?)"
     } else {
-        "INSERT INTO profile_records (seen_at_us, profile_id, fingerprint, record) VALUES (?, ?, ?, ?)"
+        "UPDATE profile_records SET seen_at_us = ? WHERE profile_id = ? AND fingerprint = ?"
     };
-    let mut values = vec![at_us.into(), profile_id.into(), fingerprint.into()];
-    if !known {
-        values.push(record.to_bytes().into());
-    }
+    let values = if inserted {
+        vec![profile_id.into(), VIEW.into(), profile_id.into(), VIEW.into(), MAX_RECORDS.into()]
+    } else {
+        vec![at_us.into(), profile_id.into(), fingerprint.into()]
+    };
     c.execute_raw(crm_runtime::db::stmt(backend, sql, values)).await?;
-    if !known {
-        c.execute_raw(crm_runtime::db::stmt(
-            backend,
-            "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint <> ? AND fingerprint NOT IN \
-             (SELECT fingerprint FROM profile_records WHERE profile_id = ? AND fingerprint <> ? \
-              ORDER BY seen_at_us DESC, fingerprint DESC LIMIT ?)",
-            vec![profile_id.into(), VIEW.into(), profile_id.into(), VIEW.into(), MAX_RECORDS.into()],
-        ))
-        .await?;
-    }
-    Ok(!known)
+    Ok(inserted)
 }
 
 /// Every record kept for `profile_id` (its view and what it was told).
@@ -205,51 +202,91 @@ pub async fn records_of<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> Res
     Ok(records)
 }
 
-/// Rewrite a profile's current view and the blocking keys of everything
-/// kept for it (after any change). Records of a profile merged away stay
-/// under its id, which resolves to the survivor, so an unmerge needs no
-/// re-indexing beyond the two profiles' views.
+/// Bring a profile's current view and the blocking keys of everything kept
+/// for it up to date (after any change), writing only what changed: most
+/// changes leave most keys as they were. Records of a profile merged away
+/// stay under its id, which resolves to the survivor, so an unmerge needs
+/// no re-indexing beyond the two profiles' views.
 pub async fn index_profile<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> Result<(), DbErr> {
     let backend = c.get_database_backend();
+    let id = profile.id.as_str();
     let view = record_of(profile);
-    let told: Vec<Record> = records_of_ids(c, std::slice::from_ref(&profile.id))
+    let mut stored_view = None;
+    let mut told = Vec::new();
+    let rows = c
+        .query_all_raw(crm_runtime::db::stmt(
+            backend,
+            "SELECT fingerprint, record FROM profile_records WHERE profile_id = ?",
+            vec![id.into()],
+        ))
+        .await?;
+    for row in rows {
+        let fingerprint: i64 = row.try_get_by_index(0)?;
+        let bytes: Vec<u8> = row.try_get_by_index(1)?;
+        // A record that does not decode is left out: it only narrows the
+        // evidence.
+        match (fingerprint == VIEW, Record::from_bytes(&bytes)) {
+            (true, record) => stored_view = Some(record),
+            (false, Some(record)) => told.push(record),
+            (false, None) => {}
+        }
+    }
+
+    // The view is kept unless unmatchable or already among the told records.
+    let keep_view = matchable(&view) && !told.iter().any(|r| r.fingerprint() == view.fingerprint());
+    match (stored_view, keep_view) {
+        (Some(Some(old)), true) if old == view => {}
+        (_, true) => {
+            c.execute_raw(crm_runtime::db::stmt(
+                backend,
+                "INSERT INTO profile_records (profile_id, fingerprint, seen_at_us, record) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (profile_id, fingerprint) DO UPDATE SET seen_at_us = excluded.seen_at_us, record = excluded.record",
+                vec![id.into(), VIEW.into(), now().timestamp_micros().into(), view.to_bytes().into()],
+            ))
+            .await?;
+        }
+        (Some(_), false) => {
+            c.execute_raw(crm_runtime::db::stmt(
+                backend,
+                "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint = ?",
+                vec![id.into(), VIEW.into()],
+            ))
+            .await?;
+        }
+        (None, false) => {}
+    }
+
+    let wanted: BTreeSet<String> =
+        told.iter().chain(std::iter::once(&view)).filter(|r| matchable(r)).flat_map(matching::blocking_keys).collect();
+    let held: BTreeSet<String> = c
+        .query_all_raw(crm_runtime::db::stmt(
+            backend,
+            "SELECT key FROM blocking_keys WHERE profile_id = ?",
+            vec![id.into()],
+        ))
         .await?
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| r != &view || !matchable(r))
-        .collect();
-    c.execute_raw(crm_runtime::db::stmt(
-        backend,
-        "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint = ?",
-        vec![profile.id.clone().into(), VIEW.into()],
-    ))
-    .await?;
-    let view_fingerprint = view.fingerprint();
-    let duplicate_view = told.iter().any(|r| r.fingerprint() == view_fingerprint);
-    if matchable(&view) && !duplicate_view {
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect::<Result<_, _>>()?;
+    let stale: Vec<&String> = held.difference(&wanted).collect();
+    for chunk in stale.chunks(200) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let mut values = vec![id.into()];
+        values.extend(chunk.iter().map(|k| (*k).clone().into()));
         c.execute_raw(crm_runtime::db::stmt(
             backend,
-            "INSERT INTO profile_records (profile_id, fingerprint, seen_at_us, record) VALUES (?, ?, ?, ?)",
-            vec![profile.id.clone().into(), VIEW.into(), now().timestamp_micros().into(), view.to_bytes().into()],
+            &format!("DELETE FROM blocking_keys WHERE profile_id = ? AND key IN ({marks})"),
+            values,
         ))
         .await?;
     }
-    c.execute_raw(crm_runtime::db::stmt(
-        backend,
-        "DELETE FROM blocking_keys WHERE profile_id = ?",
-        vec![profile.id.clone().into()],
-    ))
-    .await?;
-    let mut keys: Vec<String> =
-        told.iter().chain(std::iter::once(&view)).filter(|r| matchable(r)).flat_map(matching::blocking_keys).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    for chunk in keys.chunks(200) {
+    let fresh: Vec<&String> = wanted.difference(&held).collect();
+    for chunk in fresh.chunks(200) {
         let rows = vec!["(?, ?)"; chunk.len()].join(", ");
         let mut values = Vec::with_capacity(chunk.len() * 2);
         for key in chunk {
-            values.push(key.clone().into());
-            values.push(profile.id.clone().into());
+            values.push((*key).clone().into());
+            values.push(id.into());
         }
         c.execute_raw(crm_runtime::db::stmt(
             backend,
