@@ -1,8 +1,20 @@
 //! The store: one database per service, SQLite or PostgreSQL chosen by URL,
 //! migrations at start-up, and write transactions that append to the event
 //! log and tell the feed when they commit.
+//!
+//! On SQLite, writes go through one dedicated connection (the pool serves
+//! reads): the writer's page cache stays warm, and the readers' caches are
+//! not invalidated by commits on seven other connections. WAL checkpoints
+//! run in the background on a pool connection, so a committing writer does
+//! not pay for them; the automatic checkpoint stays as a safety net at a
+//! higher threshold.
 
-use std::{ops::Deref, path::Path, sync::Arc, time::Duration};
+use std::{
+    ops::Deref,
+    path::Path,
+    sync::{Arc, OnceLock, Weak},
+    time::Duration,
+};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
@@ -12,17 +24,90 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use crate::{eventlog, feed::FeedEvent};
+use crate::{eventlog, feed::FeedEvent, group::GroupCommit};
+
+/// WAL pages after which a committing SQLite writer checkpoints itself (a
+/// safety net: the background checkpoint normally runs first).
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+/// How often the background checkpoint looks for new commits.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Most values bound in one multi-statement round trip on SQLite (it
+/// accepts 32,766).
+const MAX_DEFERRED_VALUES: usize = 8_192;
+/// The SQLite writer's page cache, in KiB.
+const WRITER_CACHE_KIB: u32 = 32_768;
 
 /// A service's database, shared by its handlers and background tasks.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    pub(crate) writer: Writer,
+    /// The group-commit queue, started by its first write.
+    pub(crate) group: Arc<OnceLock<GroupCommit>>,
+}
+
+/// What a write transaction needs: the connection writes go through, the
+/// SQLite writer lock and the feed's committed watch.
+#[derive(Clone, Debug)]
+pub(crate) struct Writer {
+    /// On SQLite a pool of one dedicated connection; on PostgreSQL the pool.
+    pub(crate) conn: DatabaseConnection,
     /// SQLite takes one writer at a time: writers queue here instead of
     /// spinning on SQLITE_BUSY. `None` on PostgreSQL.
-    write_lock: Option<Arc<Mutex<()>>>,
+    lock: Option<Arc<Mutex<()>>>,
+    /// Whether `conn` is a pool of its own (not the readers').
+    dedicated: bool,
     /// The highest event-log sequence known committed by this process.
-    committed: Arc<watch::Sender<i64>>,
+    pub(crate) committed: Arc<watch::Sender<i64>>,
+}
+
+impl Writer {
+    /// Begin a write transaction (on SQLite, after the writers before it).
+    pub(crate) async fn begin(&self) -> Result<WriteTxn, DbErr> {
+        let guard = match &self.lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self
+            .conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        Ok(WriteTxn {
+            tx,
+            _guard: guard,
+            appended: None,
+            committed: self.committed.clone(),
+            batch: None,
+            deferred: Vec::new(),
+        })
+    }
+
+    /// Begin a group-committed batch's transaction.
+    pub(crate) async fn begin_batch(&self) -> Result<WriteTxn, DbErr> {
+        let mut tx = self.begin().await?;
+        tx.batch = Some(BatchHead::default());
+        Ok(tx)
+    }
+}
+
+/// The SQLite options every connection of a store shares.
+fn sqlite_options(opts: &mut ConnectOptions, max_connections: u32, writer: bool) {
+    opts.max_connections(max_connections).min_connections(1).map_sqlx_sqlite_opts(move |o| {
+        let o = o
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5))
+            .create_if_missing(true)
+            // Deleted content is overwritten, not left in free pages:
+            // erasure must leave nothing readable in the file.
+            .pragma("secure_delete", "on")
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
+        if writer { o.pragma("cache_size", format!("-{WRITER_CACHE_KIB}")) } else { o }
+    });
 }
 
 impl Store {
@@ -31,31 +116,35 @@ impl Store {
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(5));
         let sqlite = url.starts_with("sqlite:");
-        if sqlite {
-            if let Some(dir) = sqlite_parent_dir(url) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| DbErr::Custom(format!("cannot create data directory: {e}")))?;
-            }
-            opts.max_connections(max_connections.clamp(1, 8)).min_connections(1).map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(5))
-                    .create_if_missing(true)
-                    // Deleted content is overwritten, not left in free pages:
-                    // erasure must leave nothing readable in the file.
-                    .pragma("secure_delete", "on")
-            });
-        } else {
+        if !sqlite {
             opts.max_connections(max_connections).min_connections(1);
+            let db = Database::connect(opts).await?;
+            let writer =
+                Writer { conn: db.clone(), lock: None, dedicated: false, committed: Arc::new(watch::channel(0).0) };
+            return Ok(Store { db, writer, group: Arc::default() });
         }
+        if let Some(dir) = sqlite_parent_dir(url) {
+            std::fs::create_dir_all(dir).map_err(|e| DbErr::Custom(format!("cannot create data directory: {e}")))?;
+        }
+        let mut writer_opts = opts.clone();
+        sqlite_options(&mut opts, max_connections.clamp(1, 8), false);
         let db = Database::connect(opts).await?;
-        let store = Store {
-            db,
-            write_lock: sqlite.then(|| Arc::new(Mutex::new(()))),
-            committed: Arc::new(watch::channel(0).0),
+        // An in-memory database exists once per connection: it cannot have
+        // a writer of its own.
+        let dedicated = !sqlite_in_memory(url);
+        let conn = if dedicated {
+            sqlite_options(&mut writer_opts, 1, true);
+            // The writer is taken for every transaction: a ping each time
+            // would be one more round trip to its thread.
+            writer_opts.test_before_acquire(false);
+            Database::connect(writer_opts).await?
+        } else {
+            db.clone()
         };
-        Ok(store)
+        let writer =
+            Writer { conn, lock: Some(Arc::new(Mutex::new(()))), dedicated, committed: Arc::new(watch::channel(0).0) };
+        tokio::spawn(checkpoints(db.clone(), Arc::downgrade(&writer.committed)));
+        Ok(Store { db, writer, group: Arc::default() })
     }
 
     /// Run the migrations of `M` (the runtime's tables come first in each
@@ -63,7 +152,7 @@ impl Store {
     pub async fn migrate<M: MigratorTrait>(&self) -> Result<(), DbErr> {
         M::up(&self.db, None).await?;
         if let Ok(head) = eventlog::head(&self.db).await {
-            self.committed.send_if_modified(|c| bump(c, head));
+            self.writer.committed.send_if_modified(|c| bump(c, head));
         }
         Ok(())
     }
@@ -79,29 +168,20 @@ impl Store {
     }
 
     /// Begin a write transaction (on SQLite, after the writers before it).
+    /// For a short write under concurrency, `group_commit` shares one
+    /// commit among many.
     pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
-        let guard = match &self.write_lock {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        };
-        let tx = self
-            .db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await?;
-        Ok(WriteTxn { tx, _guard: guard, appended: None, committed: self.committed.clone() })
+        self.writer.begin().await
     }
 
     /// Follow the highest committed event-log sequence (for feed tails).
     pub fn committed(&self) -> watch::Receiver<i64> {
-        self.committed.subscribe()
+        self.writer.committed.subscribe()
     }
 
     /// Note a sequence committed elsewhere (another replica), for tails.
     pub fn observe_committed(&self, sequence: i64) {
-        self.committed.send_if_modified(|c| bump(c, sequence));
+        self.writer.committed.send_if_modified(|c| bump(c, sequence));
     }
 
     /// Build a statement written with `?` placeholders for this backend.
@@ -109,9 +189,35 @@ impl Store {
         stmt(self.backend(), sql, values)
     }
 
-    /// Close the pool.
+    /// Answer every group-committed write queued so far (refusing new
+    /// ones), then close the pools.
     pub async fn close(self) -> Result<(), DbErr> {
+        if let Some(group) = self.group.get() {
+            group.close().await;
+        }
+        if self.writer.dedicated {
+            self.writer.conn.clone().close().await?;
+        }
         self.db.close().await
+    }
+}
+
+/// Checkpoint the WAL of a SQLite store from a pool connection whenever
+/// something was committed, until the store is gone. PASSIVE: it never
+/// waits for the writer or the readers, and copies what it can.
+async fn checkpoints(db: DatabaseConnection, committed: Weak<watch::Sender<i64>>) {
+    let mut checkpointed = 0;
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        let Some(committed) = committed.upgrade() else { return };
+        let now = *committed.borrow();
+        drop(committed);
+        if now == checkpointed {
+            continue;
+        }
+        if db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await.is_ok() {
+            checkpointed = now;
+        }
     }
 }
 
@@ -131,6 +237,11 @@ fn sqlite_parent_dir(url: &str) -> Option<&Path> {
         return None;
     }
     Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+fn sqlite_in_memory(url: &str) -> bool {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    path.is_empty() || path.starts_with(":memory:") || path.contains("mode=memory")
 }
 
 /// A statement written with `?` placeholders, rewritten to `$n` for
@@ -155,20 +266,187 @@ pub fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statemen
     Statement::from_sql_and_values(backend, sql, values)
 }
 
+/// Where the sequences of a group-committed batch come from: the event
+/// log's head is read (and on PostgreSQL locked) by the batch's first
+/// append, each append takes the next number, and the head row is written
+/// once, just before the batch commits. A write rolled back to its
+/// savepoint gives its numbers back by leaving the batch's copy as it was.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BatchHead {
+    /// The head as read by the first append.
+    read: Option<i64>,
+    /// The last sequence handed out.
+    head: Option<i64>,
+}
+
+impl BatchHead {
+    /// The last sequence handed out in the batch, if any.
+    pub(crate) fn last(&self) -> Option<i64> {
+        self.head.filter(|h| Some(*h) != self.read)
+    }
+
+    /// Store the batch's head in `tx` (outside any savepoint), checking
+    /// that nobody moved it since it was read.
+    pub(crate) async fn store<C: ConnectionTrait>(&self, tx: &C) -> Result<(), DbErr> {
+        let (Some(read), Some(head)) = (self.read, self.head) else { return Ok(()) };
+        if read == head {
+            return Ok(());
+        }
+        let moved = tx
+            .execute_raw(stmt(
+                tx.get_database_backend(),
+                "UPDATE event_log_head SET last_sequence = ? WHERE id = 1 AND last_sequence = ?",
+                vec![head.into(), read.into()],
+            ))
+            .await?
+            .rows_affected();
+        if moved == 1 {
+            Ok(())
+        } else {
+            Err(DbErr::Custom("the event log head moved during a group-committed batch".into()))
+        }
+    }
+}
+
+/// Read the event log's head, locking its row until the transaction ends
+/// (PostgreSQL; the SQLite writer lock already excludes other writers).
+async fn read_head_for_batch<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
+    let sql = match c.get_database_backend() {
+        DatabaseBackend::Postgres => "SELECT last_sequence FROM event_log_head WHERE id = 1 FOR UPDATE",
+        _ => "SELECT last_sequence FROM event_log_head WHERE id = 1",
+    };
+    let row = c
+        .query_one_raw(stmt(c.get_database_backend(), sql, vec![]))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("event_log_head".into()))?;
+    row.try_get_by_index(0)
+}
+
 /// A write transaction. Events appended in it reach the feed's live tail
-/// when it commits; dropped uncommitted, it rolls back.
+/// when it commits; dropped uncommitted, it rolls back. In a group-committed
+/// batch it is one write's savepoint inside the batch's transaction.
 pub struct WriteTxn {
     tx: DatabaseTransaction,
     _guard: Option<OwnedMutexGuard<()>>,
     appended: Option<i64>,
     committed: Arc<watch::Sender<i64>>,
+    /// In a batch, the batch's sequences; otherwise `None` (each append
+    /// reserves its number in the head row).
+    batch: Option<BatchHead>,
+    /// Statements to run when the write ends (see `defer`).
+    deferred: Vec<Statement>,
 }
 
 impl WriteTxn {
+    /// A savepoint in this batch's transaction, for one of its writes.
+    pub(crate) async fn savepoint(&self) -> Result<WriteTxn, DbErr> {
+        let tx = self.tx.begin().await?;
+        Ok(WriteTxn {
+            tx,
+            _guard: None,
+            appended: None,
+            committed: self.committed.clone(),
+            batch: self.batch,
+            deferred: Vec::new(),
+        })
+    }
+
+    /// Release this savepoint (its deferred statements must have run);
+    /// returns the batch's sequences after it.
+    pub(crate) async fn release(self) -> Result<BatchHead, DbErr> {
+        let batch = self.batch.unwrap_or_default();
+        self.tx.commit().await?;
+        Ok(batch)
+    }
+
+    /// Run `stmt` when this write ends, with the write's other deferred
+    /// statements — on SQLite all in one round trip. For writes whose
+    /// outcome the write does not look at and that nothing in the write
+    /// reads back: they run in order after the write's own work, before the
+    /// next write of a batch and before the commit, and their failure fails
+    /// the write.
+    pub fn defer(&mut self, stmt: Statement) {
+        self.deferred.push(stmt);
+    }
+
+    /// Store the response of a fresh idempotency claim (as
+    /// `idempotency::complete_for`) with this write's deferred statements.
+    pub fn complete_later<R: prost::Message>(&mut self, scope: &str, request_id: &str, subject: &str, response: &R) {
+        if let Some(stmt) = crate::idempotency::complete_statement(self, scope, request_id, subject, response) {
+            self.deferred.push(stmt);
+        }
+    }
+
+    /// Run the deferred statements, in order: on SQLite as one
+    /// multi-statement round trip (in chunks that stay far below its limit
+    /// on bound values), elsewhere one by one.
+    pub(crate) async fn flush_deferred(&mut self) -> Result<(), DbErr> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let statements = std::mem::take(&mut self.deferred);
+        let backend = self.tx.get_database_backend();
+        if backend != DatabaseBackend::Sqlite {
+            for s in statements {
+                self.tx.execute_raw(s).await?;
+            }
+            return Ok(());
+        }
+        let mut sql = String::new();
+        let mut values: Vec<Value> = Vec::new();
+        for s in statements {
+            let n = s.values.as_ref().map_or(0, |v| v.0.len());
+            if !sql.is_empty() && values.len() + n > MAX_DEFERRED_VALUES {
+                let chunk =
+                    Statement::from_sql_and_values(backend, std::mem::take(&mut sql), std::mem::take(&mut values));
+                self.tx.execute_raw(chunk).await?;
+            }
+            sql.push_str(&s.sql);
+            sql.push_str(";\n");
+            if let Some(v) = s.values {
+                values.extend(v.0);
+            }
+        }
+        self.tx.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+        Ok(())
+    }
+
+    /// Take the sequences a released savepoint handed out.
+    pub(crate) fn adopt(&mut self, batch: BatchHead) {
+        self.batch = Some(batch);
+    }
+
+    /// Store the batch's head, commit, then wake the feed's tails.
+    pub(crate) async fn commit_batch(mut self) -> Result<(), DbErr> {
+        if let Some(batch) = self.batch {
+            batch.store(&self.tx).await?;
+            if let Some(last) = batch.last() {
+                self.appended = Some(last);
+            }
+        }
+        self.commit().await
+    }
+
+    /// The next sequence: reserved in the head row, or the batch's next.
+    async fn next_sequence(&mut self) -> Result<i64, DbErr> {
+        let Some(batch) = &mut self.batch else { return eventlog::reserve(&self.tx).await };
+        let current = match batch.head {
+            Some(h) => h,
+            None => {
+                let h = read_head_for_batch(&self.tx).await?;
+                batch.read = Some(h);
+                h
+            }
+        };
+        batch.head = Some(current + 1);
+        Ok(current + 1)
+    }
+
     /// Append `event` to the event log under `key` (the customer or profile
     /// it concerns); returns its sequence, gap-free in commit order.
     pub async fn append<E: FeedEvent>(&mut self, key: &str, event: &E) -> Result<i64, DbErr> {
-        let sequence = eventlog::append(&self.tx, key, event.kind(), &event.encode_to_vec()).await?;
+        let sequence = self.next_sequence().await?;
+        self.insert_event(sequence, key, event.kind(), &event.encode_to_vec()).await?;
         self.appended = Some(sequence);
         Ok(sequence)
     }
@@ -180,17 +458,29 @@ impl WriteTxn {
         key: &str,
         build: impl FnOnce(i64) -> E,
     ) -> Result<(i64, E), DbErr> {
-        let sequence = eventlog::reserve(&self.tx).await?;
+        let sequence = self.next_sequence().await?;
         let mut event = build(sequence);
         event.set_sequence(sequence);
-        eventlog::insert(&self.tx, sequence, key, event.kind(), &event.encode_to_vec()).await?;
+        self.insert_event(sequence, key, event.kind(), &event.encode_to_vec()).await?;
         self.appended = Some(sequence);
         Ok((sequence, event))
     }
 
-    /// Commit, then wake the feed's tails.
-    pub async fn commit(self) -> Result<(), DbErr> {
-        let WriteTxn { tx, _guard, appended, committed } = self;
+    /// Store an event: in a batch with the write's deferred statements
+    /// (nothing in a write reads its own event back), else at once.
+    async fn insert_event(&mut self, sequence: i64, key: &str, kind: &str, payload: &[u8]) -> Result<(), DbErr> {
+        if self.batch.is_none() {
+            return eventlog::insert(&self.tx, sequence, key, kind, payload).await;
+        }
+        let stmt = eventlog::insert_statement(self.tx.get_database_backend(), sequence, key, kind, payload);
+        self.deferred.push(stmt);
+        Ok(())
+    }
+
+    /// Run the deferred statements, commit, then wake the feed's tails.
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        self.flush_deferred().await?;
+        let WriteTxn { tx, _guard, appended, committed, .. } = self;
         tx.commit().await?;
         drop(_guard);
         if let Some(seq) = appended {

@@ -54,10 +54,23 @@ pub async fn insert<C: ConnectionTrait>(
     kind: &str,
     payload: &[u8],
 ) -> Result<(), DbErr> {
+    c.execute_raw(insert_statement(c.get_database_backend(), sequence, key, kind, payload)).await?;
+    Ok(())
+}
+
+/// The statement [`insert`] runs, built now (it carries the current span's
+/// trace context), for a caller that runs it later in the same transaction.
+pub fn insert_statement(
+    backend: sea_orm::DatabaseBackend,
+    sequence: i64,
+    key: &str,
+    kind: &str,
+    payload: &[u8],
+) -> sea_orm::Statement {
     let trace = crate::telemetry::current_trace_context();
     let tracestate = trace.as_ref().map(|t| t.tracestate.clone()).filter(|s| !s.is_empty());
-    c.execute_raw(stmt(
-        c.get_database_backend(),
+    stmt(
+        backend,
         "INSERT INTO event_log (sequence, stream_key, kind, recorded_at_us, payload, traceparent, tracestate) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
         vec![
@@ -69,9 +82,7 @@ pub async fn insert<C: ConnectionTrait>(
             trace.map(|t| t.traceparent).into(),
             tracestate.into(),
         ],
-    ))
-    .await?;
-    Ok(())
+    )
 }
 
 /// Append one event in the caller's transaction; returns its sequence.

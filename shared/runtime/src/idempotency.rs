@@ -100,15 +100,27 @@ pub async fn complete_for<R: prost::Message>(
     subject: &str,
     response: &R,
 ) -> Result<(), DbErr> {
-    if request_id.is_empty() {
-        return Ok(());
+    if let Some(stmt) = complete_statement(tx, scope, request_id, subject, response) {
+        tx.execute_raw(stmt).await?;
     }
-    tx.execute_raw(tx.stmt(
-        "UPDATE idempotency_keys SET response = ?, subject = ? WHERE scope = ? AND request_id = ?",
-        vec![response.encode_to_vec().into(), subject.into(), scope.into(), request_id.into()],
-    ))
-    .await?;
     Ok(())
+}
+
+/// The statement [`complete_for`] runs (`None` without a request id), for a
+/// caller that runs it later in the same transaction.
+pub fn complete_statement<R: prost::Message>(
+    tx: &WriteTxn,
+    scope: &str,
+    request_id: &str,
+    subject: &str,
+    response: &R,
+) -> Option<sea_orm::Statement> {
+    (!request_id.is_empty()).then(|| {
+        tx.stmt(
+            "UPDATE idempotency_keys SET response = ?, subject = ? WHERE scope = ? AND request_id = ?",
+            vec![response.encode_to_vec().into(), subject.into(), scope.into(), request_id.into()],
+        )
+    })
 }
 
 /// Delete every stored response about `subject` (erasure). A retry of one

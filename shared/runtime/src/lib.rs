@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod eventlog;
 pub mod feed;
+pub mod group;
 pub mod idempotency;
 pub mod ids;
 pub mod migration;

@@ -16,6 +16,8 @@ pub mod lifecycle;
 mod returns;
 mod voice;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use crm_proto::{
     common::v1::{Channel, Money},
@@ -31,7 +33,7 @@ use crm_runtime::{
 use prost::Message;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, QueryTrait,
 };
 
 pub use self::{
@@ -258,7 +260,7 @@ async fn lock_customer_contacts(tx: &WriteTxn, customer_id: &str) -> Result<(), 
 
 /// Append the event that records `interaction` (made by `kind` from the
 /// interaction with its sequence set) and store the interaction's row, in
-/// `tx`. Returns the sequence.
+/// `tx`, both with the write's deferred statements. Returns the sequence.
 async fn append_interaction(
     tx: &mut WriteTxn,
     interaction: &mut pb::Interaction,
@@ -278,7 +280,9 @@ async fn append_interaction(
             }
         })
         .await?;
-    interactions::Entity::insert(interaction_row(interaction, occurred_at_us)).exec_without_returning(&**tx).await?;
+    let insert =
+        interactions::Entity::insert(interaction_row(interaction, occurred_at_us)).build(tx.get_database_backend());
+    tx.defer(insert);
     Ok(sequence)
 }
 
@@ -286,25 +290,34 @@ async fn append_interaction(
 /// outbound contact with a purpose is first decided as EvaluateContact
 /// would, inside this transaction (with the customer's contacts
 /// serialised, so concurrent contacts cannot overrun the weekly cap), and
-/// refused with FAILED_PRECONDITION and the reason when denied.
+/// refused with FAILED_PRECONDITION and the reason when denied. The write
+/// is group-committed with the writes queued beside it.
 pub async fn record_interaction(
     store: &Store,
     cmd: NewInteraction,
 ) -> Result<pb::RecordInteractionResponse, RuntimeError> {
+    let cmd = Arc::new(cmd);
+    store.group_commit(move |tx| Box::pin(record_interaction_in(tx, Arc::clone(&cmd)))).await
+}
+
+/// RecordInteraction's work in `tx`: a refusal leaves it to the caller to
+/// roll back.
+async fn record_interaction_in(
+    tx: &mut WriteTxn,
+    cmd: Arc<NewInteraction>,
+) -> Result<pb::RecordInteractionResponse, RuntimeError> {
     const SCOPE: &str = "RecordInteraction";
-    let mut tx = store.begin_write().await?;
-    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
-        tx.rollback().await?;
+    if let Claim::Replay(r) = idempotency::claim(tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
         return Ok(r);
     }
-    let holder = lifecycle::write_holder(&tx, &cmd.customer_id).await?;
+    let holder = lifecycle::write_holder(tx, &cmd.customer_id).await?;
     if cmd.direction == pb::Direction::Outbound && cmd.purpose != pb::Purpose::Unspecified {
-        lock_customer_contacts(&tx, &holder.id).await?;
+        lock_customer_contacts(tx, &holder.id).await?;
         let contact =
             crate::domain::contact::ContactRequest { channel: cmd.channel, purpose: cmd.purpose, at: cmd.occurred_at };
-        let decision = consent::decide(&*tx, &holder.id, &contact).await?;
+        let decision = consent::decide(&**tx, &holder.id, &contact).await?;
         if !decision.allowed {
-            return refuse(tx, RuntimeError::FailedPrecondition(format!("contact refused: {}", decision.reason))).await;
+            return Err(RuntimeError::FailedPrecondition(format!("contact refused: {}", decision.reason)));
         }
     }
     let recorded = now();
@@ -316,20 +329,19 @@ pub async fn record_interaction(
         r#type: cmd.kind as i32,
         occur_time: Some(to_timestamp(cmd.occurred_at)),
         record_time: Some(to_timestamp(recorded)),
-        thread_id: cmd.thread_id,
-        attributes: cmd.attributes,
+        thread_id: cmd.thread_id.clone(),
+        attributes: cmd.attributes.clone(),
         purpose: cmd.purpose as i32,
         order_id: String::new(),
         sequence: 0,
     };
-    let sequence = append_interaction(&mut tx, &mut interaction, recorded, cmd.occurred_at.timestamp_micros(), |i| {
+    let sequence = append_interaction(tx, &mut interaction, recorded, cmd.occurred_at.timestamp_micros(), |i| {
         Kind::InteractionRecorded(pb::InteractionRecorded { interaction: Some(i) })
     })
     .await?;
-    lifecycle::note_facts(&tx, &holder, "interactions", &[&interaction.id]).await?;
+    lifecycle::note_facts(tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordInteractionResponse { interaction: Some(interaction), sequence };
-    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &cmd.customer_id, &response).await?;
-    tx.commit().await?;
+    tx.complete_later(SCOPE, &cmd.request_id, &cmd.customer_id, &response);
     Ok(response)
 }
 
@@ -337,15 +349,23 @@ fn money(currency: &str, minor: i64) -> Option<Money> {
     Some(Money { currency_code: currency.to_owned(), minor_units: minor })
 }
 
-/// Record a purchase — the order, its lines and its interaction — idempotently.
+/// Record a purchase — the order, its lines and its interaction —
+/// idempotently, group-committed with the writes queued beside it.
 pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::RecordPurchaseResponse, RuntimeError> {
+    let cmd = Arc::new(cmd);
+    store.group_commit(move |tx| Box::pin(record_purchase_in(tx, Arc::clone(&cmd)))).await
+}
+
+/// RecordPurchase's work in `tx`.
+async fn record_purchase_in(
+    tx: &mut WriteTxn,
+    cmd: Arc<NewPurchase>,
+) -> Result<pb::RecordPurchaseResponse, RuntimeError> {
     const SCOPE: &str = "RecordPurchase";
-    let mut tx = store.begin_write().await?;
-    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
-        tx.rollback().await?;
+    if let Claim::Replay(r) = idempotency::claim(tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
         return Ok(r);
     }
-    let holder = lifecycle::write_holder(&tx, &cmd.customer_id).await?;
+    let holder = lifecycle::write_holder(tx, &cmd.customer_id).await?;
     let recorded = now();
     let occurred_at_us = cmd.occurred_at.timestamp_micros();
     let order = pb::Order {
@@ -368,17 +388,18 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
         r#type: pb::InteractionType::Purchase as i32,
         occur_time: Some(to_timestamp(cmd.occurred_at)),
         record_time: Some(to_timestamp(recorded)),
-        thread_id: cmd.thread_id,
-        attributes: cmd.attributes,
+        thread_id: cmd.thread_id.clone(),
+        attributes: cmd.attributes.clone(),
         purpose: 0,
         order_id: order.id.clone(),
         sequence: 0,
     };
-    let sequence = append_interaction(&mut tx, &mut interaction, recorded, occurred_at_us, |i| {
+    let sequence = append_interaction(tx, &mut interaction, recorded, occurred_at_us, |i| {
         Kind::PurchaseRecorded(pb::PurchaseRecorded { order: Some(order.clone()), interaction: Some(i) })
     })
     .await?;
-    orders::Entity::insert(orders::ActiveModel {
+    let backend = tx.get_database_backend();
+    let insert_order = orders::Entity::insert(orders::ActiveModel {
         id: Set(order.id.clone()),
         customer_id: Set(order.customer_id.clone()),
         order_number: Set(order.order_number.clone()),
@@ -388,8 +409,8 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
         occurred_at_us: Set(occurred_at_us),
         body: Set(body(&order)),
     })
-    .exec_without_returning(&*tx)
-    .await?;
+    .build(backend);
+    tx.defer(insert_order);
     let lines = order.lines.iter().enumerate().map(|(i, l)| order_lines::ActiveModel {
         order_id: Set(order.id.clone()),
         line_no: Set(i as i32),
@@ -399,12 +420,13 @@ pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::Reco
         unit_price_minor: Set(l.unit_price_minor),
         unit_cost_minor: Set(l.unit_cost_minor),
     });
-    order_lines::Entity::insert_many(lines).exec_without_returning(&*tx).await?;
-    lifecycle::note_facts(&tx, &holder, "orders", &[&order.id]).await?;
-    lifecycle::note_facts(&tx, &holder, "interactions", &[&interaction.id]).await?;
+    if !order.lines.is_empty() {
+        tx.defer(order_lines::Entity::insert_many(lines).build(backend));
+    }
+    lifecycle::note_facts(tx, &holder, "orders", &[&order.id]).await?;
+    lifecycle::note_facts(tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordPurchaseResponse { order: Some(order), interaction: Some(interaction), sequence };
-    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &cmd.customer_id, &response).await?;
-    tx.commit().await?;
+    tx.complete_later(SCOPE, &cmd.request_id, &cmd.customer_id, &response);
     Ok(response)
 }
 

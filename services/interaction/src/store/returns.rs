@@ -1,14 +1,14 @@
 //! Returns: recorded against an order in the write transaction that checks
 //! what is left to return, so concurrent returns cannot over-return.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use crm_proto::{
     common::v1::Channel,
     interaction::v1::{self as pb, interaction_event::Kind},
 };
 use crm_runtime::{
-    db::Store,
+    db::{Store, WriteTxn},
     error::RuntimeError,
     idempotency::{self, Claim},
     ids::new_id,
@@ -16,7 +16,7 @@ use crm_runtime::{
 };
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::{append_interaction, body, decode, fact_interaction, find_order, lock_row, money, order_lines, refuse};
+use super::{append_interaction, body, decode, fact_interaction, find_order, lock_row, money, order_lines};
 use crate::{
     conversions::NewReturn,
     domain::{
@@ -87,26 +87,29 @@ async fn returned_per_line<C: ConnectionTrait>(c: &C, order_id: &str) -> Result<
 /// Record a return, idempotently: NOT_FOUND for an unknown order,
 /// FAILED_PRECONDITION (naming the sku) when more would be returned than
 /// was bought. The order row is locked first (PostgreSQL), so what is left
-/// to return is computed after every earlier return of it committed.
+/// to return is computed after every earlier return of it committed (and
+/// after the earlier returns of its group-committed batch). A refused
+/// return rolls back alone; the batch's other writes commit.
 pub async fn record_return(store: &Store, cmd: NewReturn) -> Result<pb::RecordReturnResponse, RuntimeError> {
+    let cmd = Arc::new(cmd);
+    store.group_commit(move |tx| Box::pin(record_return_in(tx, Arc::clone(&cmd)))).await
+}
+
+/// RecordReturn's work in `tx`.
+async fn record_return_in(tx: &mut WriteTxn, cmd: Arc<NewReturn>) -> Result<pb::RecordReturnResponse, RuntimeError> {
     const SCOPE: &str = "RecordReturn";
-    let mut tx = store.begin_write().await?;
-    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
-        tx.rollback().await?;
+    if let Claim::Replay(r) = idempotency::claim(tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
         return Ok(r);
     }
-    super::lifecycle::lock_shared(&tx).await?;
-    lock_row(&tx, "orders", &cmd.order_id).await?;
-    let order = match find_order(&*tx, &cmd.order_id).await {
-        Ok(o) => o,
-        Err(e) => return refuse(tx, e).await,
-    };
+    super::lifecycle::lock_shared(tx).await?;
+    lock_row(tx, "orders", &cmd.order_id).await?;
+    let order = find_order(&**tx, &cmd.order_id).await?;
     let lines = order_lines::Entity::find()
         .filter(order_lines::Column::OrderId.eq(order.id.as_str()))
         .order_by_asc(order_lines::Column::LineNo)
-        .all(&*tx)
+        .all(&**tx)
         .await?;
-    let returned = returned_per_line(&*tx, &order.id).await?;
+    let returned = returned_per_line(&**tx, &order.id).await?;
     let returnable: Vec<Returnable> = lines
         .into_iter()
         .map(|l| Returnable {
@@ -117,10 +120,8 @@ pub async fn record_return(store: &Store, cmd: NewReturn) -> Result<pb::RecordRe
             line: Line { quantity: l.quantity, unit_price: l.unit_price_minor, unit_cost: l.unit_cost_minor },
         })
         .collect();
-    let taken = match returns::allocate(&returnable, &cmd.items) {
-        Ok(t) => t,
-        Err(over) => return refuse(tx, RuntimeError::FailedPrecondition(over.to_string())).await,
-    };
+    let taken = returns::allocate(&returnable, &cmd.items)
+        .map_err(|over| RuntimeError::FailedPrecondition(over.to_string()))?;
     let refund = returns::refund(&taken).ok_or_else(|| RuntimeError::Internal("refund overflows".into()))?;
     let recorded = now();
     let occurred_at_us = cmd.occurred_at.timestamp_micros();
@@ -141,13 +142,13 @@ pub async fn record_return(store: &Store, cmd: NewReturn) -> Result<pb::RecordRe
         revenue: money(&order.currency_code, refund.revenue),
         margin: money(&order.currency_code, refund.margin()),
         occur_time: Some(to_timestamp(cmd.occurred_at)),
-        reason: cmd.reason,
+        reason: cmd.reason.clone(),
     };
     let channel = cmd.channel.unwrap_or_else(|| Channel::try_from(order.channel).unwrap_or_default());
     let mut interaction =
         fact_interaction(&order.customer_id, channel, pb::InteractionType::Return, cmd.occurred_at, recorded);
     interaction.order_id = order.id.clone();
-    let sequence = append_interaction(&mut tx, &mut interaction, recorded, occurred_at_us, |i| {
+    let sequence = append_interaction(tx, &mut interaction, recorded, occurred_at_us, |i| {
         Kind::ReturnRecorded(pb::ReturnRecorded { order_return: Some(order_return.clone()), interaction: Some(i) })
     })
     .await?;
@@ -159,7 +160,7 @@ pub async fn record_return(store: &Store, cmd: NewReturn) -> Result<pb::RecordRe
         sequence: Set(sequence),
         body: Set(body(&order_return)),
     })
-    .exec_without_returning(&*tx)
+    .exec_without_returning(&**tx)
     .await?;
     let rows = taken.iter().enumerate().map(|(i, t)| order_return_lines::ActiveModel {
         return_id: Set(order_return.id.clone()),
@@ -169,11 +170,10 @@ pub async fn record_return(store: &Store, cmd: NewReturn) -> Result<pb::RecordRe
         sku: Set(t.sku.clone()),
         quantity: Set(t.line.quantity),
     });
-    order_return_lines::Entity::insert_many(rows).exec_without_returning(&*tx).await?;
+    order_return_lines::Entity::insert_many(rows).exec_without_returning(&**tx).await?;
     let response =
         pb::RecordReturnResponse { order_return: Some(order_return), sequence, interaction: Some(interaction) };
-    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &order.customer_id, &response).await?;
-    tx.commit().await?;
+    tx.complete_later(SCOPE, &cmd.request_id, &order.customer_id, &response);
     Ok(response)
 }
 

@@ -5,6 +5,7 @@
 mod complaints;
 mod consent;
 mod feed;
+mod group_commit;
 mod lifecycle;
 mod migration;
 mod returns;

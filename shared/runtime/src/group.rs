@@ -1,0 +1,663 @@
+//! Group commit: short writes from many callers share one transaction and
+//! one commit.
+//!
+//! `Store::group_commit` queues a write — a closure run against a
+//! `WriteTxn` — for the store's writer task. The writer takes every write
+//! queued (up to `MAX_BATCH`), runs them one after the other in one
+//! transaction and commits once: one fsync (and on SQLite one WAL append)
+//! for the whole batch. A write that fails is rolled back alone and
+//! answered with its error; the others commit. Each caller is answered
+//! only after the batch committed, and the feed's tails are woken then.
+//!
+//! Every statement is a round trip to the database (on SQLite, to the
+//! connection's thread), and the writer runs them one after the other: a
+//! write's deferred statements (`WriteTxn::defer`: its event, the rows it
+//! inserts and does not read back, its idempotent response) run together
+//! when the write's own work is done, on SQLite in one round trip.
+//!
+//! Rolling back one write alone takes a SAVEPOINT around each write, two
+//! more statements per write. While writes succeed the batch runs without
+//! them; when one fails, the batch is rolled back and run again with a
+//! savepoint per write, and so are the batches after it until one passes
+//! without a failure.
+//!
+//! Sequences stay gap-free in commit order: the batch reads the event
+//! log's head at its first append (on PostgreSQL locking the head row, as
+//! every appender does), hands out the following numbers in the order the
+//! writes run, gives back the numbers of a write rolled back to its
+//! savepoint, and stores the new head once, just before it commits.
+//!
+//! Idempotency keys work as in a transaction of one's own: a write claims
+//! its `request_id` in the batch's transaction (inside its savepoint when
+//! it has one) and its response is stored before the next write runs, so a
+//! second write with the same key later in the same batch finds the first
+//! one's response and replays it.
+//!
+//! When something fails that is not one write's own doing — a savepoint
+//! that cannot be set or released, the head row, the commit — nothing of
+//! the batch is committed, and every write of it is run again alone, in a
+//! transaction of its own (a write is a `Fn` for that reason). A write that
+//! lost a deadlock or a serialisation conflict inside a batch is run again
+//! alone after the batch committed. A write runs alone from the start when
+//! it is the only one queued.
+//!
+//! The writer task lives as long as the store: it answers every queued
+//! write before it stops, and `Store::close` waits for that.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use futures::{FutureExt, future::BoxFuture};
+use sea_orm::{DbErr, RuntimeErr};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::{
+    db::{Store, WriteTxn, Writer},
+    error::RuntimeError,
+};
+
+/// Most writes in one batch.
+pub const MAX_BATCH: usize = 256;
+/// Writes that may wait in the queue before callers wait to queue theirs.
+const QUEUE: usize = 4096;
+
+/// A write for `Store::group_commit`: run against the batch's transaction,
+/// possibly more than once (only one run's effects ever commit).
+pub type Write<T> =
+    Box<dyn for<'a> Fn(&'a mut WriteTxn) -> BoxFuture<'a, Result<T, RuntimeError>> + Send + Sync + 'static>;
+
+/// The store's group-commit queue.
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    queue: mpsc::Sender<Message>,
+    closed: AtomicBool,
+}
+
+enum Message {
+    Write(Box<dyn Job>),
+    /// Answered once every write queued before it was answered.
+    Flush(oneshot::Sender<()>),
+}
+
+impl GroupCommit {
+    fn start(writer: Writer) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run_writer(writer, rx));
+        GroupCommit { queue, closed: AtomicBool::new(false) }
+    }
+
+    /// Refuse new writes, and wait until every queued one is answered.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.flush().await;
+    }
+
+    async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Message::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl Store {
+    /// Run `write` in a transaction shared with the other writes queued at
+    /// the same time, each in its own savepoint, and answer its result
+    /// once the shared transaction has committed (see the module docs).
+    /// `write` must not keep anything outside the database between runs:
+    /// it may run again, alone, when its batch could not commit.
+    pub async fn group_commit<T, F>(&self, write: F) -> Result<T, RuntimeError>
+    where
+        T: Send + 'static,
+        F: for<'a> Fn(&'a mut WriteTxn) -> BoxFuture<'a, Result<T, RuntimeError>> + Send + Sync + 'static,
+    {
+        let group = self.group.get_or_init(|| GroupCommit::start(self.writer.clone()));
+        if group.closed.load(Ordering::SeqCst) {
+            return Err(RuntimeError::Unavailable("the store is closing".into()));
+        }
+        let (reply, answer) = oneshot::channel();
+        // The write runs in the writer task under the caller's span, so what
+        // it logs and the events it appends belong to the caller's trace.
+        let job = Typed { write: Box::new(write) as Write<T>, span: tracing::Span::current(), result: None, reply };
+        group
+            .queue
+            .send(Message::Write(Box::new(job)))
+            .await
+            .map_err(|_| RuntimeError::Unavailable("the store's writer has stopped".into()))?;
+        answer.await.map_err(|_| RuntimeError::Internal("the store's writer stopped before answering".into()))?
+    }
+
+    /// Wait until every write queued by `group_commit` so far is answered.
+    pub async fn flush_group_commit(&self) {
+        if let Some(group) = self.group.get() {
+            group.flush().await;
+        }
+    }
+}
+
+/// How a write's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    Failed,
+    /// Lost a deadlock or a serialisation conflict: worth running alone.
+    Conflict,
+}
+
+/// A queued write with its caller, its type erased.
+trait Job: Send {
+    /// Run the write in `tx`, keeping its result.
+    fn run<'a>(&'a mut self, tx: &'a mut WriteTxn) -> BoxFuture<'a, Outcome>;
+    /// Replace the kept result by an error (its effects did not commit).
+    fn fail(&mut self, err: RuntimeError);
+    /// Answer the caller with the kept result.
+    fn answer(self: Box<Self>);
+}
+
+struct Typed<T> {
+    write: Write<T>,
+    span: tracing::Span,
+    result: Option<Result<T, RuntimeError>>,
+    reply: oneshot::Sender<Result<T, RuntimeError>>,
+}
+
+impl<T: Send + 'static> Job for Typed<T> {
+    fn run<'a>(&'a mut self, tx: &'a mut WriteTxn) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let write = (self.write)(tx).instrument(self.span.clone());
+            let result = match AssertUnwindSafe(write).catch_unwind().await {
+                Ok(r) => r,
+                Err(_) => Err(RuntimeError::Internal("a group-committed write panicked".into())),
+            };
+            let outcome = match &result {
+                Ok(_) => Outcome::Done,
+                Err(e) if is_conflict(e) => Outcome::Conflict,
+                Err(_) => Outcome::Failed,
+            };
+            self.result = Some(result);
+            outcome
+        })
+    }
+
+    fn fail(&mut self, err: RuntimeError) {
+        self.result = Some(Err(err));
+    }
+
+    fn answer(self: Box<Self>) {
+        let result = self.result.unwrap_or_else(|| Err(RuntimeError::Internal("a queued write never ran".into())));
+        // The caller may have gone (its deadline passed): its write stands.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// A deadlock or serialisation failure (PostgreSQL), or a busy database
+/// (SQLite, another process writing).
+fn is_conflict(err: &RuntimeError) -> bool {
+    let RuntimeError::Database(DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let Some(code) = e.as_database_error().and_then(|d| d.code()) else { return false };
+    matches!(&*code, "40P01" | "40001" | "5" | "6" | "517")
+}
+
+async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<Message>) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    let mut flushes = Vec::new();
+    let mut careful = false;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Write(job) => batch.push(job),
+                Message::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        careful = run_batch(&writer, std::mem::take(&mut batch), careful).await;
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Run `jobs` as one batch and answer each. Returns whether a write of it
+/// failed (the next batch then sets savepoints from the start).
+async fn run_batch(writer: &Writer, mut jobs: Vec<Box<dyn Job>>, careful: bool) -> bool {
+    if jobs.len() == 1
+        && let Some(job) = jobs.pop()
+    {
+        return !run_alone(writer, job).await;
+    }
+    let mut outcome = commit_together(writer, &mut jobs, careful).await;
+    let failed = careful || matches!(outcome, Err(Abandoned::WriteFailed));
+    if let Err(Abandoned::WriteFailed) = outcome {
+        outcome = commit_together(writer, &mut jobs, true).await;
+    }
+    match outcome {
+        Ok(conflicts) => {
+            let mut again = Vec::new();
+            for (job, conflict) in jobs.into_iter().zip(conflicts) {
+                if conflict { again.push(job) } else { job.answer() }
+            }
+            for job in again {
+                run_alone(writer, job).await;
+            }
+            failed
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, writes = jobs.len(), "group commit failed; running its writes one by one");
+            for job in jobs {
+                run_alone(writer, job).await;
+            }
+            true
+        }
+    }
+}
+
+/// Run one write in a transaction of its own, commit it, answer it.
+/// Returns whether it committed.
+async fn run_alone(writer: &Writer, mut job: Box<dyn Job>) -> bool {
+    let mut tx = match writer.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            job.fail(e.into());
+            job.answer();
+            return false;
+        }
+    };
+    let outcome = job.run(&mut tx).await;
+    let ended = if outcome == Outcome::Done { tx.commit().await } else { tx.rollback().await };
+    let committed = match (outcome, ended) {
+        (Outcome::Done, Ok(())) => true,
+        (Outcome::Done, Err(e)) => {
+            job.fail(e.into());
+            false
+        }
+        _ => false,
+    };
+    job.answer();
+    committed
+}
+
+/// Why a batch was given up, with nothing committed.
+#[derive(Debug, thiserror::Error)]
+enum Abandoned {
+    /// Run without savepoints, a write failed: run the batch again with them.
+    #[error("a write failed")]
+    WriteFailed,
+    /// The batch's transaction failed.
+    #[error(transparent)]
+    Database(#[from] DbErr),
+}
+
+/// Run `jobs` in one transaction and commit. With `savepoints`, each write
+/// runs in its own and one that fails is rolled back alone; without, the
+/// first failure abandons the batch (cheaper while writes succeed).
+/// Returns which writes lost a conflict (rolled back, to be run alone).
+async fn commit_together(writer: &Writer, jobs: &mut [Box<dyn Job>], savepoints: bool) -> Result<Vec<bool>, Abandoned> {
+    let mut tx = writer.begin_batch().await?;
+    let mut conflicts = vec![false; jobs.len()];
+    for (job, conflict) in jobs.iter_mut().zip(conflicts.iter_mut()) {
+        if !savepoints {
+            if job.run(&mut tx).await != Outcome::Done || tx.flush_deferred().await.is_err() {
+                tx.rollback().await?;
+                return Err(Abandoned::WriteFailed);
+            }
+            continue;
+        }
+        let mut savepoint = tx.savepoint().await?;
+        let mut outcome = job.run(&mut savepoint).await;
+        if outcome == Outcome::Done
+            && let Err(e) = savepoint.flush_deferred().await
+        {
+            let err = RuntimeError::from(e);
+            outcome = if is_conflict(&err) { Outcome::Conflict } else { Outcome::Failed };
+            job.fail(err);
+        }
+        if outcome == Outcome::Done {
+            tx.adopt(savepoint.release().await?);
+        } else {
+            savepoint.rollback().await?;
+            *conflict = outcome == Outcome::Conflict;
+        }
+    }
+    tx.commit_batch().await?;
+    Ok(conflicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crm_proto::identification::v1::{ProfileCreated, ProfileEvent, profile_event::Kind};
+    use sea_orm::ConnectionTrait;
+    use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+    use super::*;
+    use crate::{
+        eventlog,
+        idempotency::{self, Claim},
+        migration::{EventLogTraceContext, RuntimeTables},
+        testing::TestDb,
+    };
+
+    struct Migrator;
+    impl MigratorTrait for Migrator {
+        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+            vec![Box::new(RuntimeTables), Box::new(EventLogTraceContext)]
+        }
+    }
+
+    /// A store with the runtime's tables, a table of facts and one of
+    /// children whose parent must exist when the transaction commits.
+    async fn store(db: &TestDb) -> Store {
+        let store = Store::connect(&db.url, 8).await.expect("connect");
+        store.migrate::<Migrator>().await.expect("migrate");
+        for sql in [
+            "CREATE TABLE facts (id VARCHAR(64) PRIMARY KEY, sequence BIGINT NOT NULL)",
+            "CREATE TABLE children (id VARCHAR(64) PRIMARY KEY, parent VARCHAR(64) NOT NULL \
+             REFERENCES facts (id) DEFERRABLE INITIALLY DEFERRED)",
+        ] {
+            store.conn().execute_unprepared(sql).await.expect("create table");
+        }
+        store
+    }
+
+    /// What a test write does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        /// Record the fact.
+        Ok,
+        /// Record the fact, then refuse (after writing).
+        Refuse,
+        /// Record the fact and a child naming a missing parent: the
+        /// statement passes, the commit fails.
+        Orphan,
+    }
+
+    /// Record fact `id` idempotently under `request_id`: claim, append its
+    /// event, store the fact with its sequence, store the response.
+    async fn record(tx: &mut WriteTxn, request_id: &str, id: &str, mode: Mode) -> Result<ProfileEvent, RuntimeError> {
+        let fp = idempotency::fingerprint(id.as_bytes());
+        if let Claim::Replay(r) = idempotency::claim(tx, "Record", request_id, fp).await? {
+            return Ok(r);
+        }
+        let event = ProfileEvent {
+            profile_id: id.to_owned(),
+            kind: Some(Kind::ProfileCreated(ProfileCreated::default())),
+            ..Default::default()
+        };
+        let sequence = tx.append(id, &event).await?;
+        tx.execute_raw(tx.stmt("INSERT INTO facts (id, sequence) VALUES (?, ?)", vec![id.into(), sequence.into()]))
+            .await?;
+        match mode {
+            Mode::Ok => {}
+            Mode::Refuse => return Err(RuntimeError::FailedPrecondition(format!("{id} refused"))),
+            Mode::Orphan => {
+                tx.execute_raw(tx.stmt(
+                    "INSERT INTO children (id, parent) VALUES (?, ?)",
+                    vec![format!("child-of-{id}").into(), "no-such-fact".into()],
+                ))
+                .await?;
+            }
+        }
+        let response = ProfileEvent { sequence, ..event };
+        idempotency::complete(tx, "Record", request_id, &response).await?;
+        Ok(response)
+    }
+
+    type Answer = oneshot::Receiver<Result<ProfileEvent, RuntimeError>>;
+
+    /// A queued write of `record` and where its answer comes.
+    fn job(request_id: &str, id: &str, mode: Mode) -> (Box<dyn Job>, Answer) {
+        let (request_id, id) = (request_id.to_owned(), id.to_owned());
+        let (reply, answer) = oneshot::channel();
+        let write: Write<ProfileEvent> = Box::new(move |tx| {
+            let (request_id, id) = (request_id.clone(), id.clone());
+            Box::pin(async move { record(tx, &request_id, &id, mode).await })
+        });
+        (Box::new(Typed { write, span: tracing::Span::none(), result: None, reply }), answer)
+    }
+
+    /// Run these writes as one batch; their answers in order.
+    async fn batch(store: &Store, writes: &[(&str, &str, Mode)]) -> Vec<Result<ProfileEvent, RuntimeError>> {
+        batch_with(store, writes, false).await
+    }
+
+    /// The same, with savepoints from the start if `careful`.
+    async fn batch_with(
+        store: &Store,
+        writes: &[(&str, &str, Mode)],
+        careful: bool,
+    ) -> Vec<Result<ProfileEvent, RuntimeError>> {
+        let (jobs, answers): (Vec<_>, Vec<_>) = writes.iter().map(|(r, id, m)| job(r, id, *m)).unzip();
+        run_batch(&store.writer, jobs, careful).await;
+        let mut out = Vec::new();
+        for a in answers {
+            out.push(a.await.expect("answered"));
+        }
+        out
+    }
+
+    /// The committed facts, by id, with their sequences.
+    async fn facts(store: &Store) -> Vec<(String, i64)> {
+        let rows = store
+            .conn()
+            .query_all_raw(store.stmt("SELECT id, sequence FROM facts ORDER BY id", vec![]))
+            .await
+            .expect("facts");
+        rows.iter().map(|r| (r.try_get_by_index(0).expect("id"), r.try_get_by_index(1).expect("sequence"))).collect()
+    }
+
+    /// The committed events' (sequence, stream key), in order.
+    async fn events(store: &Store) -> Vec<(i64, String)> {
+        let all = eventlog::read_after(store.conn(), 0, 100_000).await.expect("events");
+        all.into_iter().map(|e| (e.sequence, e.stream_key)).collect()
+    }
+
+    fn sequence(r: &Result<ProfileEvent, RuntimeError>) -> i64 {
+        match r {
+            Ok(e) => e.sequence,
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_rolls_back_alone_and_the_batch_commits() {
+        a_failing_write_rolls_back_alone(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_rolls_back_alone_with_savepoints_from_the_start() {
+        a_failing_write_rolls_back_alone(true).await;
+    }
+
+    async fn a_failing_write_rolls_back_alone(careful: bool) {
+        let db = TestDb::new("runtime").await;
+        let store = store(&db).await;
+        let mut committed = store.committed();
+        let answers =
+            batch_with(&store, &[("r-a", "a", Mode::Ok), ("r-b", "b", Mode::Refuse), ("r-c", "c", Mode::Ok)], careful)
+                .await;
+
+        assert_eq!(sequence(&answers[0]), 1, "on {}", db.kind());
+        assert!(
+            matches!(&answers[1], Err(RuntimeError::FailedPrecondition(m)) if m == "b refused"),
+            "the refused write gets its own error: {:?}",
+            answers[1]
+        );
+        assert_eq!(sequence(&answers[2]), 2, "the refused write's number is given back");
+        assert_eq!(facts(&store).await, vec![("a".to_owned(), 1), ("c".to_owned(), 2)]);
+        assert_eq!(events(&store).await, vec![(1, "a".to_owned()), (2, "c".to_owned())]);
+        assert_eq!(eventlog::head(store.conn()).await.expect("head"), 2);
+        assert_eq!(*committed.borrow_and_update(), 2, "tails are told once the batch committed");
+
+        // The refused write's key was rolled back with it: a retry runs anew.
+        let retry = batch(&store, &[("r-b", "b", Mode::Ok), ("r-d", "d", Mode::Ok)]).await;
+        assert_eq!((sequence(&retry[0]), sequence(&retry[1])), (3, 4));
+        assert_eq!(eventlog::head(store.conn()).await.expect("head"), 4);
+    }
+
+    #[tokio::test]
+    async fn the_same_request_twice_in_one_batch_is_written_once() {
+        let db = TestDb::new("runtime").await;
+        let store = store(&db).await;
+        let answers = batch(
+            &store,
+            &[("r-x", "x", Mode::Ok), ("r-y", "y", Mode::Ok), ("r-x", "x", Mode::Ok), ("r-x", "x", Mode::Ok)],
+        )
+        .await;
+        let first = answers[0].as_ref().expect("first");
+        assert_eq!(first.sequence, 1, "on {}", db.kind());
+        assert_eq!(sequence(&answers[1]), 2);
+        for again in &answers[2..] {
+            assert_eq!(again.as_ref().expect("replay"), first, "a repeat answers the first response");
+        }
+        assert_eq!(facts(&store).await, vec![("x".to_owned(), 1), ("y".to_owned(), 2)], "one fact each");
+        assert_eq!(events(&store).await, vec![(1, "x".to_owned()), (2, "y".to_owned())], "one event each");
+
+        // And across batches, through the public entry point.
+        let again = store
+            .group_commit(|tx| Box::pin(async move { record(tx, "r-x", "x", Mode::Ok).await }))
+            .await
+            .expect("replay");
+        assert_eq!(&again, first);
+        assert_eq!(events(&store).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_commit_is_run_again_write_by_write() {
+        let db = TestDb::new("runtime").await;
+        let store = store(&db).await;
+        let mut committed = store.committed();
+        let answers =
+            batch(&store, &[("r-a", "a", Mode::Ok), ("r-o", "o", Mode::Orphan), ("r-c", "c", Mode::Ok)]).await;
+
+        assert_eq!(sequence(&answers[0]), 1, "on {}", db.kind());
+        assert!(
+            matches!(&answers[1], Err(RuntimeError::Database(_))),
+            "the write that breaks the commit fails alone: {:?}",
+            answers[1]
+        );
+        assert_eq!(sequence(&answers[2]), 2);
+        assert_eq!(facts(&store).await, vec![("a".to_owned(), 1), ("c".to_owned(), 2)]);
+        assert_eq!(events(&store).await, vec![(1, "a".to_owned()), (2, "c".to_owned())]);
+        assert_eq!(eventlog::head(store.conn()).await.expect("head"), 2);
+        assert_eq!(*committed.borrow_and_update(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_get_contiguous_committed_sequences() {
+        const WRITERS: usize = 24;
+        const WRITES: usize = 30;
+        let db = TestDb::new("runtime").await;
+        let store = store(&db).await;
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    for i in 0..WRITES {
+                        let id = format!("w{w}-{i}");
+                        // Every seventh write is refused after writing; every
+                        // fifth is sent twice with the same request id.
+                        let mode = if i % 7 == 3 { Mode::Refuse } else { Mode::Ok };
+                        let times = if i % 5 == 1 { 2 } else { 1 };
+                        for _ in 0..times {
+                            let (rid, fid) = (format!("r-{id}"), id.clone());
+                            let r = store
+                                .group_commit(move |tx| {
+                                    let (rid, fid) = (rid.clone(), fid.clone());
+                                    Box::pin(async move { record(tx, &rid, &fid, mode).await })
+                                })
+                                .await;
+                            answers.push((id.clone(), mode, r));
+                        }
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut ok: Vec<(String, i64)> = Vec::new();
+        for t in tasks {
+            for (id, mode, r) in t.await.expect("writer") {
+                match (mode, r) {
+                    (Mode::Ok, Ok(e)) => {
+                        assert_eq!(e.profile_id, id);
+                        ok.push((id, e.sequence));
+                    }
+                    (Mode::Refuse, Err(RuntimeError::FailedPrecondition(_))) => {}
+                    (m, r) => panic!("{id} ({m:?}): unexpected {r:?}"),
+                }
+            }
+        }
+        ok.sort();
+        ok.dedup();
+        let per_writer = (0..WRITES).filter(|i| i % 7 != 3).count();
+        assert_eq!(ok.len(), WRITERS * per_writer, "each accepted write answered one sequence, on {}", db.kind());
+        assert_eq!(facts(&store).await, ok, "every write answered OK is committed with its sequence");
+        let mut seqs: Vec<i64> = ok.iter().map(|(_, s)| *s).collect();
+        seqs.sort_unstable();
+        let n = seqs.len() as i64;
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "gap-free");
+        let logged: Vec<i64> = events(&store).await.into_iter().map(|(s, _)| s).collect();
+        assert_eq!(logged, (1..=n).collect::<Vec<_>>(), "one event per fact, nothing else");
+        assert_eq!(eventlog::head(store.conn()).await.expect("head"), n);
+        assert_eq!(*store.committed().borrow(), n);
+    }
+
+    #[tokio::test]
+    async fn closing_answers_every_queued_write_then_refuses_new_ones() {
+        const QUEUED: u32 = 40;
+        let db = TestDb::new("runtime").await;
+        let store = store(&db).await;
+        // Hold the writer up: a transaction that has appended keeps the
+        // SQLite writer lock, and on PostgreSQL the event log head's row.
+        let mut blocker = store.begin_write().await.expect("begin");
+        let event = ProfileEvent { profile_id: "blocker".into(), ..Default::default() };
+        blocker.append("blocker", &event).await.expect("append");
+
+        let queued = Arc::new(tokio::sync::Semaphore::new(0));
+        let pending: Vec<_> = (0..QUEUED)
+            .map(|i| {
+                let (store, queued) = (store.clone(), queued.clone());
+                tokio::spawn(async move {
+                    let id = format!("q{i}");
+                    let mut write = Box::pin(store.group_commit(move |tx| {
+                        let id = id.clone();
+                        Box::pin(async move { record(tx, "", &id, Mode::Ok).await })
+                    }));
+                    // The first poll queues the write, then waits for its answer.
+                    let first = futures::poll!(&mut write);
+                    queued.add_permits(1);
+                    match first {
+                        std::task::Poll::Ready(r) => r,
+                        std::task::Poll::Pending => write.await,
+                    }
+                })
+            })
+            .collect();
+        queued.acquire_many(QUEUED).await.expect("queued").forget();
+
+        let closing = tokio::spawn(store.clone().close());
+        blocker.rollback().await.expect("rollback");
+        closing.await.expect("close task").expect("close");
+        for p in pending {
+            p.await.expect("task").expect("a write queued before closing is committed and answered");
+        }
+        let late = store.group_commit(|tx| Box::pin(async move { record(tx, "", "late", Mode::Ok).await })).await;
+        assert!(matches!(late, Err(RuntimeError::Unavailable(_))), "closed: {late:?}");
+
+        let reopened = Store::connect(&db.url, 2).await.expect("reconnect");
+        let ids: Vec<String> = facts(&reopened).await.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), QUEUED as usize, "on {}", db.kind());
+        assert_eq!(eventlog::head(reopened.conn()).await.expect("head"), i64::from(QUEUED));
+        reopened.close().await.expect("close");
+    }
+}
