@@ -68,11 +68,20 @@ pub async fn claim<R: prost::Message + Default>(
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("idempotency key".into()))?;
-    let stored_fp: i64 = row.try_get_by_index(0)?;
+    seen(fp, row.try_get_by_index(0)?, row.try_get_by_index(1)?)
+}
+
+/// What a key already stored (`stored_fp`, `response`) means for a request
+/// fingerprinted `fp`: its response to replay, a key reused for another
+/// request (INVALID_ARGUMENT), or the same request still in progress.
+pub fn seen<R: prost::Message + Default>(
+    fp: i64,
+    stored_fp: i64,
+    response: Option<Vec<u8>>,
+) -> Result<Claim<R>, RuntimeError> {
     if stored_fp != fp {
         return Err(FieldViolations::single("request_id", "already used for a different request"));
     }
-    let response: Option<Vec<u8>> = row.try_get_by_index(1)?;
     match response {
         Some(bytes) => R::decode(bytes.as_slice())
             .map(Claim::Replay)
@@ -121,6 +130,38 @@ pub fn complete_statement<R: prost::Message>(
             vec![response.encode_to_vec().into(), subject.into(), scope.into(), request_id.into()],
         )
     })
+}
+
+/// Store the key of a request found unclaimed, with its response, among
+/// the write's deferred statements: for group-committed writes, which run
+/// one at a time per store, so the lookup before the write (see [`seen`])
+/// and this insert stand in for a claim. Should another process have
+/// stored the key meanwhile, the insert fails the write, which then runs
+/// again and replays that response.
+pub fn record_later<R: prost::Message>(
+    tx: &mut WriteTxn,
+    scope: &str,
+    request_id: &str,
+    fp: i64,
+    subject: &str,
+    response: &R,
+) {
+    if request_id.is_empty() {
+        return;
+    }
+    let stmt = tx.stmt(
+        "INSERT INTO idempotency_keys (scope, request_id, fingerprint, response, subject, created_at_us) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+        vec![
+            scope.into(),
+            request_id.into(),
+            fp.into(),
+            response.encode_to_vec().into(),
+            subject.into(),
+            crate::time::now().timestamp_micros().into(),
+        ],
+    );
+    tx.defer(stmt);
 }
 
 /// Delete every stored response about `subject` (erasure). A retry of one

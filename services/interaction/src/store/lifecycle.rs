@@ -106,7 +106,8 @@ use crm_runtime::{
     consumer::Projection,
     db::WriteTxn,
     error::RuntimeError,
-    eventlog, idempotency,
+    eventlog,
+    idempotency::{self, Claim},
     time::{now, to_timestamp},
 };
 use futures::future::BoxFuture;
@@ -201,6 +202,48 @@ pub async fn holder<C: ConnectionTrait>(c: &C, customer_id: &str) -> Result<Hold
 pub(crate) async fn write_holder(tx: &WriteTxn, customer_id: &str) -> Result<Holder, DbErr> {
     lock_shared(tx).await?;
     holder(&**tx, customer_id).await
+}
+
+/// For a group-committed write: in one round trip, the stored response of
+/// `request_id` within `scope` if the key was seen (see
+/// [`idempotency::seen`]), else the holder of `customer_id`'s facts. The
+/// caller stores the key with its response by [`idempotency::record_later`].
+pub(crate) async fn claim_and_holder<R: prost::Message + Default>(
+    tx: &WriteTxn,
+    scope: &str,
+    request_id: &str,
+    fp: i64,
+    customer_id: &str,
+) -> Result<Result<Holder, R>, RuntimeError> {
+    lock_shared(tx).await?;
+    let row = tx
+        .query_one_raw(tx.stmt(
+            "SELECT k.fingerprint, k.response, m.merge_id, m.surviving_id FROM (SELECT 1 AS one) AS base \
+             LEFT JOIN idempotency_keys k ON k.scope = ? AND k.request_id = ? \
+             LEFT JOIN (SELECT merge_id, surviving_id FROM customer_merges WHERE merged_id = ? \
+                        ORDER BY applied_at_us DESC LIMIT 1) m ON 1 = 1",
+            vec![scope.into(), request_id.into(), customer_id.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("claim".into()))?;
+    let stored_fp: Option<i64> = row.try_get_by_index(0)?;
+    if let (Some(stored_fp), false) = (stored_fp, request_id.is_empty()) {
+        return match idempotency::seen(fp, stored_fp, row.try_get_by_index(1)?)? {
+            Claim::Replay(r) => Ok(Err(r)),
+            Claim::Fresh => Err(RuntimeError::Internal("a stored key reads as fresh".into())),
+        };
+    }
+    let merge_id: Option<String> = row.try_get_by_index(2)?;
+    let surviving_id: Option<String> = row.try_get_by_index(3)?;
+    match (merge_id, surviving_id) {
+        (Some(merge_id), Some(surviving_id)) => {
+            // Merged: follow any later merges of the survivor.
+            let mut h = holder(&**tx, &surviving_id).await?;
+            h.via.insert(0, merge_id);
+            Ok(Ok(h))
+        }
+        _ => Ok(Ok(Holder { id: customer_id.to_owned(), via: Vec::new() })),
+    }
 }
 
 /// Note facts written through an alias in the ledger of every merge the

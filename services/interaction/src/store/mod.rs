@@ -26,7 +26,7 @@ use crm_proto::{
 use crm_runtime::{
     db::{Store, WriteTxn},
     error::RuntimeError,
-    idempotency::{self, Claim},
+    idempotency,
     ids::new_id,
     time::{now, to_timestamp},
 };
@@ -307,10 +307,11 @@ async fn record_interaction_in(
     cmd: Arc<NewInteraction>,
 ) -> Result<pb::RecordInteractionResponse, RuntimeError> {
     const SCOPE: &str = "RecordInteraction";
-    if let Claim::Replay(r) = idempotency::claim(tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
-        return Ok(r);
-    }
-    let holder = lifecycle::write_holder(tx, &cmd.customer_id).await?;
+    let holder =
+        match lifecycle::claim_and_holder(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id).await? {
+            Ok(holder) => holder,
+            Err(replay) => return Ok(replay),
+        };
     if cmd.direction == pb::Direction::Outbound && cmd.purpose != pb::Purpose::Unspecified {
         lock_customer_contacts(tx, &holder.id).await?;
         let contact =
@@ -341,7 +342,7 @@ async fn record_interaction_in(
     .await?;
     lifecycle::note_facts(tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordInteractionResponse { interaction: Some(interaction), sequence };
-    tx.complete_later(SCOPE, &cmd.request_id, &cmd.customer_id, &response);
+    idempotency::record_later(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id, &response);
     Ok(response)
 }
 
@@ -362,10 +363,11 @@ async fn record_purchase_in(
     cmd: Arc<NewPurchase>,
 ) -> Result<pb::RecordPurchaseResponse, RuntimeError> {
     const SCOPE: &str = "RecordPurchase";
-    if let Claim::Replay(r) = idempotency::claim(tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
-        return Ok(r);
-    }
-    let holder = lifecycle::write_holder(tx, &cmd.customer_id).await?;
+    let holder =
+        match lifecycle::claim_and_holder(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id).await? {
+            Ok(holder) => holder,
+            Err(replay) => return Ok(replay),
+        };
     let recorded = now();
     let occurred_at_us = cmd.occurred_at.timestamp_micros();
     let order = pb::Order {
@@ -426,7 +428,7 @@ async fn record_purchase_in(
     lifecycle::note_facts(tx, &holder, "orders", &[&order.id]).await?;
     lifecycle::note_facts(tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordPurchaseResponse { order: Some(order), interaction: Some(interaction), sequence };
-    tx.complete_later(SCOPE, &cmd.request_id, &cmd.customer_id, &response);
+    idempotency::record_later(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id, &response);
     Ok(response)
 }
 
