@@ -337,28 +337,20 @@ mod tests {
 
     use crm_proto::identification::v1::{ProfileCreated, ProfileEvent, profile_event::Kind};
     use sea_orm::ConnectionTrait;
-    use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
     use super::*;
     use crate::{
         eventlog,
         idempotency::{self, Claim},
-        migration::{EventLogTraceContext, RuntimeTables},
+        migration::RuntimeMigrator,
         testing::TestDb,
     };
-
-    struct Migrator;
-    impl MigratorTrait for Migrator {
-        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-            vec![Box::new(RuntimeTables), Box::new(EventLogTraceContext)]
-        }
-    }
 
     /// A store with the runtime's tables, a table of facts and one of
     /// children whose parent must exist when the transaction commits.
     async fn store(db: &TestDb) -> Store {
         let store = Store::connect(&db.url, 8).await.expect("connect");
-        store.migrate::<Migrator>().await.expect("migrate");
+        store.migrate::<RuntimeMigrator>().await.expect("migrate");
         for sql in [
             "CREATE TABLE facts (id VARCHAR(64) PRIMARY KEY, sequence BIGINT NOT NULL)",
             "CREATE TABLE children (id VARCHAR(64) PRIMARY KEY, parent VARCHAR(64) NOT NULL \

@@ -141,3 +141,14 @@ impl MigrationTrait for EventLogTraceContext {
         Ok(())
     }
 }
+
+/// The runtime's tables alone, with every change to them: the migrator of
+/// stores that hold nothing else (the runtime's own tests).
+#[derive(Debug, Default)]
+pub struct RuntimeMigrator;
+
+impl MigratorTrait for RuntimeMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(RuntimeTables), Box::new(EventLogTraceContext)]
+    }
+}

@@ -15,7 +15,7 @@ use crm_runtime::{
     eventlog,
     feed::{self, FeedEvent},
     idempotency::{self, Claim},
-    migration::{EventLogTraceContext, RuntimeTables},
+    migration::RuntimeMigrator,
     server::Shutdown,
     telemetry::{self, LogFormat},
     testing::TestDb,
@@ -23,20 +23,12 @@ use crm_runtime::{
 use futures::{StreamExt, future::BoxFuture};
 use opentelemetry::trace::TraceContextExt;
 use sea_orm::ConnectionTrait;
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-struct Migrator;
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(RuntimeTables), Box::new(EventLogTraceContext)]
-    }
-}
-
 async fn store(db: &TestDb) -> Store {
     let store = Store::connect(&db.url, 8).await.expect("connect");
-    store.migrate::<Migrator>().await.expect("migrate");
+    store.migrate::<RuntimeMigrator>().await.expect("migrate");
     store
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crm_proto::{
-    common::v1::{Channel, FeedSequences},
+    common::v1::{Channel, FeedSequences, TraitValue},
     differentiation::v1 as pb,
     identification::v1::{self as idpb, IdentifierType},
 };
@@ -12,15 +12,21 @@ use crm_runtime::ids::new_id;
 
 use crate::{App, purchase, spawn_app};
 
-pub(crate) async fn profile(app: &mut App) -> (String, i64) {
+/// A new person known to identification, with `traits`: their id and the
+/// sequence of the profile event.
+pub(crate) async fn person(app: &mut App, traits: &[(&str, TraitValue)]) -> (String, i64) {
     let r = app
         .profiles
         .resolve_identity(idpb::ResolveIdentityRequest {
             identifiers: vec![idpb::Identifier {
                 r#type: IdentifierType::Email as i32,
-                value: format!("cliente.{}@correo.es", &new_id()[24..]),
+                value: format!("persona.{}@correo.es", &new_id()[24..]),
                 namespace: String::new(),
             }],
+            attributes: Some(idpb::ProfileAttributes {
+                traits: traits.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+                ..Default::default()
+            }),
             channel: Channel::Web as i32,
             ..Default::default()
         })
@@ -71,8 +77,8 @@ async fn listed(app: &mut App, customer: &str) -> bool {
 #[tokio::test]
 async fn merges_move_value_unmerges_split_it_back_and_erasure_removes_everything() {
     let mut app = spawn_app().await;
-    let (a, _) = profile(&mut app).await;
-    let (b, _) = profile(&mut app).await;
+    let (a, _) = person(&mut app, &[]).await;
+    let (b, _) = person(&mut app, &[]).await;
     for (customer, day) in [(&a, 0), (&a, 4), (&b, 2)] {
         app.interactions.record_purchase(purchase(customer, day, "EUR", 1000, 400)).await.expect("purchase");
     }
@@ -156,8 +162,8 @@ async fn needs_and_referrals_follow_merges_and_unmerges() {
         interaction::v1::{self as ipb, InteractionType},
     };
     let mut app = spawn_app().await;
-    let (a, _) = profile(&mut app).await;
-    let (b, _) = profile(&mut app).await;
+    let (a, _) = person(&mut app, &[]).await;
+    let (b, _) = person(&mut app, &[]).await;
     let (friend, fan) = (new_id(), new_id());
     let text = |v: &str| TraitValue { kind: Some(Kind::StringValue(v.into())) };
     let say = |customer: &str, kind: InteractionType, key: &str, v: TraitValue| ipb::RecordInteractionRequest {

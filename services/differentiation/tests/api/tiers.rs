@@ -8,14 +8,14 @@ use crm_differentiation::{domain::value::Policy, settings::ValueSettings};
 use crm_proto::{
     common::v1::{Channel, FeedSequences, TraitValue, trait_value::Kind},
     differentiation::v1::{self as pb, ValueTier},
-    identification::v1::{self as idpb, IdentifierType},
+    identification::v1 as idpb,
     interaction::v1::{self as ipb, InteractionType},
 };
 use crm_runtime::{error::field_violations, ids::new_id};
 use sea_orm::{ConnectionTrait, Database};
 use tonic::Code;
 
-use crate::{App, at, spawn_app_with};
+use crate::{App, at, lifecycle::person, spawn_app_with};
 
 /// Settings whose first policy is `policy`, recomputing boundaries only
 /// when asked (a policy update), so each test controls them.
@@ -369,28 +369,6 @@ async fn hysteresis_keeps_a_customer_near_the_boundary_from_flapping() {
     assert_eq!(after.len(), before + 2, "exactly one change up and one down: {after:?}");
     assert_eq!((after[0].from_tier, after[0].to_tier), (ValueTier::MostValuable as i32, ValueTier::Normal as i32));
     assert_eq!((after[1].from_tier, after[1].to_tier), (ValueTier::Normal as i32, ValueTier::MostValuable as i32));
-}
-
-async fn person(app: &mut App, traits: &[(&str, TraitValue)]) -> (String, i64) {
-    let r = app
-        .profiles
-        .resolve_identity(idpb::ResolveIdentityRequest {
-            identifiers: vec![idpb::Identifier {
-                r#type: IdentifierType::Email as i32,
-                value: format!("persona.{}@correo.es", &new_id()[24..]),
-                namespace: String::new(),
-            }],
-            attributes: Some(idpb::ProfileAttributes {
-                traits: traits.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
-                ..Default::default()
-            }),
-            channel: Channel::Web as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("resolve")
-        .into_inner();
-    (r.profile.expect("profile").id, r.sequence)
 }
 
 #[tokio::test]
