@@ -36,6 +36,9 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, S
     let store = Store::connect(&settings.database_url, settings.db_max_connections).await?;
     store.migrate::<migration::Migrator>().await?;
     matcher::backfill(&store).await.map_err(|e| sea_orm::DbErr::Custom(format!("indexing profiles: {e}")))?;
+    if let Some(every) = settings.matcher_train_every {
+        matcher::schedule_training(store.clone(), every, shutdown.clone());
+    }
     let api = api::IdentificationApi::new(store, shutdown.clone(), settings.default_region.clone());
     let service = IdentificationServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)

@@ -10,7 +10,7 @@ use std::{
 };
 
 use crm_proto::identification::v1::{self as pb, IdentifierType};
-use crm_runtime::{db::Store, error::RuntimeError, time::now};
+use crm_runtime::{db::Store, error::RuntimeError, server::Shutdown, time::now};
 use sea_orm::{ConnectionTrait, DbErr};
 
 use crate::domain::{
@@ -520,6 +520,32 @@ pub async fn train(store: &Store, matcher: &Matcher, max_pairs: i64) -> Result<p
     })
     .await
     .map_err(|e| RuntimeError::Internal(format!("training task failed: {e}")))?
+}
+
+/// Retrain the matcher on the stored profiles every `every` until
+/// `shutdown` (ID-4), so the model follows the base as it grows and
+/// changes. A failed or unconverged run is logged and the active model
+/// stays.
+pub fn schedule_training(store: Store, every: Duration, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let matcher = Matcher::default();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.wait() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+            match train(&store, &matcher, 0).await {
+                Ok(r) => tracing::info!(
+                    version = r.matcher_version,
+                    converged = r.converged,
+                    pairs = r.pair_count,
+                    "matcher retrained on schedule"
+                ),
+                Err(e) => tracing::warn!(error = %e, "scheduled matcher training failed"),
+            }
+        }
+    })
 }
 
 async fn save_trained(

@@ -83,6 +83,10 @@ pub struct ServerArgs {
     /// country code.
     #[arg(long, env = "CRM_DEFAULT_REGION", default_value = "ES")]
     pub default_region: String,
+    /// Seconds between scheduled retrainings of the identity matcher on the
+    /// stored profiles (identification; 0: only when TrainMatcher is called).
+    #[arg(long, env = "CRM_MATCHER_TRAIN_SECS", default_value_t = 86_400)]
+    pub matcher_train_secs: u64,
     /// Address of identification, for services that call or follow it.
     #[arg(long, env = "CRM_IDENTIFICATION_ADDR")]
     pub identification_addr: Option<String>,
@@ -176,6 +180,9 @@ pub struct Settings {
     pub peers: Peers,
     /// Region for phone numbers without a country code.
     pub default_region: String,
+    /// How often identification retrains its matcher (`None`: only on
+    /// request).
+    pub matcher_train_every: Option<Duration>,
 }
 
 impl Settings {
@@ -192,6 +199,7 @@ impl Settings {
             db_max_connections: 8,
             peers: Peers::default(),
             default_region: "ES".to_owned(),
+            matcher_train_every: None,
         }
     }
 
@@ -226,6 +234,7 @@ impl Settings {
             db_max_connections: args.db_max_connections.max(1),
             peers,
             default_region: args.default_region.clone(),
+            matcher_train_every: (args.matcher_train_secs > 0).then(|| Duration::from_secs(args.matcher_train_secs)),
         })
     }
 }

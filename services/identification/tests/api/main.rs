@@ -1074,3 +1074,43 @@ async fn the_matcher_is_trained_from_the_stored_profiles_in_versions() {
     let err = client.train_matcher(pb::TrainMatcherRequest { max_pairs: -1 }).await.unwrap_err();
     assert_eq!(fields(&err), ["max_pairs"]);
 }
+
+#[tokio::test]
+async fn the_matcher_is_retrained_on_a_schedule() {
+    use crm_identification::domain::matching;
+    let db = crm_runtime::testing::TestDb::new("identification").await;
+    let mut settings = crm_runtime::config::Settings::for_tests(ServiceKind::Identification, db.url.clone());
+    settings.matcher_train_every = Some(std::time::Duration::from_millis(300));
+    let server =
+        TestServer::start_with(settings, db, |s, sd| async move { crm_identification::start(&s, sd).await }).await;
+    let mut client = IdentificationServiceClient::new(server.channel());
+    let records: Vec<pb::ImportProfilesRequest> = matching::generate(200, 0.5, 9)
+        .into_iter()
+        .map(|(_, r)| {
+            let (identifiers, attributes) = crm_identification::matcher::touchpoint_of(&r);
+            pb::ImportProfilesRequest { identifiers, attributes: Some(attributes), ..Default::default() }
+        })
+        .collect();
+    client.import_profiles(futures::stream::iter(records)).await.unwrap();
+
+    // Nobody calls TrainMatcher: versions appear one after another.
+    let store = crm_runtime::db::Store::connect(&server.db().url, 2).await.unwrap();
+    let trained = async || -> i64 {
+        let row = sea_orm::ConnectionTrait::query_one_raw(
+            store.conn(),
+            store.stmt("SELECT COUNT(*) FROM matcher_models WHERE pair_count > 0", vec![]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        row.try_get_by_index(0).unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while trained().await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no scheduled training in 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The next version an operator trains follows the scheduled ones.
+    let next = client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap().into_inner();
+    assert!(next.matcher_version >= 3, "{next:?}");
+}
