@@ -89,32 +89,56 @@ pub struct ImportStats {
     pub records_per_s: f64,
 }
 
-/// Load `people`'s base through `streams` concurrent ImportProfiles calls,
-/// each over its share of the records, in order.
-pub async fn import(channels: &[Channel], people: &Arc<People>, streams: usize) -> anyhow::Result<ImportStats> {
+/// Records per ImportProfiles call: a call, streaming or not, is bounded by
+/// the server's request timeout (`CRM_REQUEST_TIMEOUT_MS`), so a large base
+/// goes in chunks, as a loader would send it.
+pub const IMPORT_CHUNK: usize = 10_000;
+
+/// Load `people`'s base from record `from` on through `streams` concurrent
+/// streams of ImportProfiles calls, each over its share of the records, in
+/// order, [`IMPORT_CHUNK`] records a call.
+pub async fn import(
+    channels: &[Channel],
+    people: &Arc<People>,
+    streams: usize,
+    from: usize,
+) -> anyhow::Result<ImportStats> {
     let streams = streams.max(1);
     let total = people.originals().len();
-    let per_stream = total.div_ceil(streams);
+    let from = from.min(total);
+    let per_stream = (total - from).div_ceil(streams);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(streams);
     for s in 0..streams {
-        let range = (s * per_stream).min(total)..((s + 1) * per_stream).min(total);
+        let range = (from + s * per_stream).min(total)..(from + (s + 1) * per_stream).min(total);
         let people = Arc::clone(people);
         let mut client = IdentificationServiceClient::new(channels[s % channels.len()].clone());
         tasks.push(tokio::spawn(async move {
-            let requests = range.map(move |i| {
-                let (identifiers, attributes) = touchpoint(&people.originals()[i].1, i as u64);
-                pb::ImportProfilesRequest {
-                    identifiers,
-                    attributes: Some(attributes),
-                    acquisition: None,
-                    source_key: format!("bench-{i}"),
-                }
-            });
-            client.import_profiles(tokio_stream::iter(requests)).await.map(tonic::Response::into_inner)
+            let mut counts = pb::ImportProfilesResponse::default();
+            let mut start = range.start;
+            while start < range.end {
+                let end = (start + IMPORT_CHUNK).min(range.end);
+                let people = Arc::clone(&people);
+                let requests = (start..end).map(move |i| {
+                    let (identifiers, attributes) = touchpoint(&people.originals()[i].1, i as u64);
+                    pb::ImportProfilesRequest {
+                        identifiers,
+                        attributes: Some(attributes),
+                        acquisition: None,
+                        source_key: format!("bench-{i}"),
+                    }
+                });
+                let chunk = client.import_profiles(tokio_stream::iter(requests)).await?.into_inner();
+                counts.created_count += chunk.created_count;
+                counts.linked_count += chunk.linked_count;
+                counts.review_count += chunk.review_count;
+                counts.rejected_count += chunk.rejected_count;
+                start = end;
+            }
+            Ok::<_, Status>(counts)
         }));
     }
-    let mut stats = ImportStats { records: total as u64, streams, ..ImportStats::default() };
+    let mut stats = ImportStats { records: (total - from) as u64, streams, ..ImportStats::default() };
     for task in tasks {
         let counts = task
             .await
@@ -127,7 +151,7 @@ pub async fn import(channels: &[Channel], people: &Arc<People>, streams: usize) 
     }
     let elapsed = started.elapsed();
     stats.elapsed_s = elapsed.as_secs_f64();
-    stats.records_per_s = per_second(total as u64, elapsed);
+    stats.records_per_s = per_second(stats.records, elapsed);
     Ok(stats)
 }
 

@@ -95,6 +95,10 @@ enum Workload {
         /// Concurrent ImportProfiles streams loading the base.
         #[arg(long, default_value_t = 8)]
         import_streams: usize,
+        /// Load the base from this person on (the ones before are stored
+        /// already, by an interrupted run with the same --profiles and --seed).
+        #[arg(long, default_value_t = 0)]
+        import_from: usize,
         /// Do not call TrainMatcher after loading.
         #[arg(long)]
         no_train: bool,
@@ -282,6 +286,7 @@ async fn run_workload(workload: Workload, target: &Target) -> anyhow::Result<Rep
             population,
             seed,
             import_streams,
+            import_from,
             no_train,
             ceiling_requests,
             ..
@@ -295,7 +300,7 @@ async fn run_workload(workload: Workload, target: &Target) -> anyhow::Result<Rep
             if profiles > 0 {
                 eprintln!("crm bench: loading {profiles} people through {import_streams} ImportProfiles streams");
                 let streams = target::connect(&url, import_streams.clamp(1, 64), None).await?;
-                let imported = identity::import(&streams, &people, import_streams).await?;
+                let imported = identity::import(&streams, &people, import_streams, import_from).await?;
                 eprintln!("crm bench: loaded in {:.1} s", imported.elapsed_s);
                 report.set_import(imported);
             }
