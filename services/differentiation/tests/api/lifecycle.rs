@@ -36,6 +36,19 @@ pub(crate) async fn person(app: &mut App, traits: &[(&str, TraitValue)]) -> (Str
     (r.profile.expect("profile").id, r.sequence)
 }
 
+/// Merge `merged` into `surviving` through identification.
+async fn merge(app: &mut App, surviving: &str, merged: &str) -> idpb::MergeProfilesResponse {
+    app.profiles
+        .merge_profiles(idpb::MergeProfilesRequest {
+            surviving_id: surviving.to_owned(),
+            merged_id: merged.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("merge")
+        .into_inner()
+}
+
 async fn summary(app: &mut App, customer: &str, min: Option<FeedSequences>) -> pb::PurchaseSummary {
     app.values
         .get_customer_value(pb::GetCustomerValueRequest { customer_id: customer.to_owned(), min_sequence: min })
@@ -85,16 +98,7 @@ async fn merges_move_value_unmerges_split_it_back_and_erasure_removes_everything
     until_orders(&mut app, &a, 2).await;
     until_orders(&mut app, &b, 1).await;
 
-    let merged = app
-        .profiles
-        .merge_profiles(idpb::MergeProfilesRequest {
-            surviving_id: a.clone(),
-            merged_id: b.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("merge")
-        .into_inner();
+    let merged = merge(&mut app, &a, &b).await;
     let s = until_orders(&mut app, &a, 3).await;
     assert_eq!((s.transaction_count, s.frequency), (3, 2));
     assert_eq!(s.totals[0].margin_minor, 1800);
@@ -187,16 +191,7 @@ async fn needs_and_referrals_follow_merges_and_unmerges() {
     until(&mut app, &b, |v| minor(&v.referral_value) == 800 && v.needs == ["eco"]).await;
     until(&mut app, &fan, |v| minor(&v.referral_value) == 300).await;
 
-    let merged = app
-        .profiles
-        .merge_profiles(idpb::MergeProfilesRequest {
-            surviving_id: a.clone(),
-            merged_id: b.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("merge")
-        .into_inner();
+    let merged = merge(&mut app, &a, &b).await;
     let v = until(&mut app, &a, |v| minor(&v.referral_value) == 800).await;
     assert_eq!((v.needs.as_slice(), minor(&v.historical_margin)), (["eco".to_owned()].as_slice(), 1300));
     // The fan referred b, who is now a: credited with a's whole margin.
