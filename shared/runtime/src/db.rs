@@ -18,7 +18,7 @@ use std::{
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
@@ -363,8 +363,9 @@ impl WriteTxn {
     /// statements — on SQLite all in one round trip. For writes whose
     /// outcome the write does not look at and that nothing in the write
     /// reads back: they run in order after the write's own work, before the
-    /// next write of a batch and before the commit, and their failure fails
-    /// the write.
+    /// next write of a batch reads anything (with its first read, for a
+    /// write queued by `Store::group_commit_read_first`) and before the
+    /// commit, and their failure fails the write.
     pub fn defer(&mut self, stmt: Statement) {
         self.deferred.push(stmt);
     }
@@ -381,25 +382,56 @@ impl WriteTxn {
     /// multi-statement round trip (in chunks that stay far below its limit
     /// on bound values), elsewhere one by one.
     pub(crate) async fn flush_deferred(&mut self) -> Result<(), DbErr> {
-        if self.deferred.is_empty() {
-            return Ok(());
+        for chunk in self.take_deferred() {
+            self.tx.execute_raw(chunk).await?;
         }
+        Ok(())
+    }
+
+    /// Run the deferred statements — in a group-committed batch, those of
+    /// the writes before this one too (see `Store::group_commit_read_first`)
+    /// — then `query`, and return its first row: on SQLite in one round
+    /// trip.
+    pub async fn query_one_after_deferred(&mut self, query: Statement) -> Result<Option<QueryResult>, DbErr> {
+        let mut chunks = self.take_deferred();
+        let query = match chunks.pop() {
+            Some(last) if self.tx.get_database_backend() == DatabaseBackend::Sqlite => {
+                let mut values = last.values.map(|v| v.0).unwrap_or_default();
+                values.extend(query.values.map(|v| v.0).unwrap_or_default());
+                Statement::from_sql_and_values(DatabaseBackend::Sqlite, format!("{}{}", last.sql, query.sql), values)
+            }
+            Some(last) => {
+                chunks.push(last);
+                query
+            }
+            None => query,
+        };
+        for chunk in chunks {
+            self.tx.execute_raw(chunk).await?;
+        }
+        self.tx.query_one_raw(query).await
+    }
+
+    /// The deferred statements as the round trips that run them: on SQLite
+    /// multi-statement chunks (each statement ended by `;`), elsewhere the
+    /// statements themselves.
+    fn take_deferred(&mut self) -> Vec<Statement> {
         let statements = std::mem::take(&mut self.deferred);
         let backend = self.tx.get_database_backend();
-        if backend != DatabaseBackend::Sqlite {
-            for s in statements {
-                self.tx.execute_raw(s).await?;
-            }
-            return Ok(());
+        if backend != DatabaseBackend::Sqlite || statements.is_empty() {
+            return statements;
         }
+        let mut chunks = Vec::new();
         let mut sql = String::new();
         let mut values: Vec<Value> = Vec::new();
         for s in statements {
             let n = s.values.as_ref().map_or(0, |v| v.0.len());
             if !sql.is_empty() && values.len() + n > MAX_DEFERRED_VALUES {
-                let chunk =
-                    Statement::from_sql_and_values(backend, std::mem::take(&mut sql), std::mem::take(&mut values));
-                self.tx.execute_raw(chunk).await?;
+                chunks.push(Statement::from_sql_and_values(
+                    backend,
+                    std::mem::take(&mut sql),
+                    std::mem::take(&mut values),
+                ));
             }
             sql.push_str(&s.sql);
             sql.push_str(";\n");
@@ -407,8 +439,8 @@ impl WriteTxn {
                 values.extend(v.0);
             }
         }
-        self.tx.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
-        Ok(())
+        chunks.push(Statement::from_sql_and_values(backend, sql, values));
+        chunks
     }
 
     /// Take the sequences a released savepoint handed out.

@@ -204,12 +204,14 @@ pub(crate) async fn write_holder(tx: &WriteTxn, customer_id: &str) -> Result<Hol
     holder(&**tx, customer_id).await
 }
 
-/// For a group-committed write: in one round trip, the stored response of
-/// `request_id` within `scope` if the key was seen (see
-/// [`idempotency::seen`]), else the holder of `customer_id`'s facts. The
-/// caller stores the key with its response by [`idempotency::record_later`].
+/// For a write queued by `Store::group_commit_read_first`: in one round
+/// trip (with the deferred statements of the writes before it in the
+/// batch), the stored response of `request_id` within `scope` if the key
+/// was seen (see [`idempotency::seen`]), else the holder of
+/// `customer_id`'s facts. The caller stores the key with its response by
+/// [`idempotency::record_later`].
 pub(crate) async fn claim_and_holder<R: prost::Message + Default>(
-    tx: &WriteTxn,
+    tx: &mut WriteTxn,
     scope: &str,
     request_id: &str,
     fp: i64,
@@ -217,7 +219,7 @@ pub(crate) async fn claim_and_holder<R: prost::Message + Default>(
 ) -> Result<Result<Holder, R>, RuntimeError> {
     lock_shared(tx).await?;
     let row = tx
-        .query_one_raw(tx.stmt(
+        .query_one_after_deferred(tx.stmt(
             "SELECT k.fingerprint, k.response, m.merge_id, m.surviving_id FROM (SELECT 1 AS one) AS base \
              LEFT JOIN idempotency_keys k ON k.scope = ? AND k.request_id = ? \
              LEFT JOIN (SELECT merge_id, surviving_id FROM customer_merges WHERE merged_id = ? \

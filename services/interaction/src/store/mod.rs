@@ -297,7 +297,7 @@ pub async fn record_interaction(
     cmd: NewInteraction,
 ) -> Result<pb::RecordInteractionResponse, RuntimeError> {
     let cmd = Arc::new(cmd);
-    store.group_commit(move |tx| Box::pin(record_interaction_in(tx, Arc::clone(&cmd)))).await
+    store.group_commit_read_first(move |tx| Box::pin(record_interaction_in(tx, Arc::clone(&cmd)))).await
 }
 
 /// RecordInteraction's work in `tx`: a refusal leaves it to the caller to
@@ -354,7 +354,7 @@ fn money(currency: &str, minor: i64) -> Option<Money> {
 /// idempotently, group-committed with the writes queued beside it.
 pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::RecordPurchaseResponse, RuntimeError> {
     let cmd = Arc::new(cmd);
-    store.group_commit(move |tx| Box::pin(record_purchase_in(tx, Arc::clone(&cmd)))).await
+    store.group_commit_read_first(move |tx| Box::pin(record_purchase_in(tx, Arc::clone(&cmd)))).await
 }
 
 /// RecordPurchase's work in `tx`.
