@@ -1,5 +1,5 @@
 //! The gRPC surface of differentiation. Reads wait for `min_sequence` and
-//! report `as_of_sequence`. Segments answer UNIMPLEMENTED.
+//! report `as_of_sequence`.
 
 use std::{
     sync::{Arc, Mutex},
@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     conversions,
     domain::{self, DAY_US, retention},
-    store::{self, models, values},
+    store::{self, models, segments, values},
 };
 
 /// Most periods in one retention report.
@@ -83,6 +83,40 @@ impl DifferentiationApi {
         };
         values::fill(&self.store, &mut value, now).await?;
         Ok(value)
+    }
+
+    /// EvaluateRetention for a segment (the request is validated).
+    async fn evaluate_segment_retention(
+        &self,
+        request: &Request<pb::EvaluateRetentionRequest>,
+    ) -> Result<Response<pb::EvaluateRetentionResponse>, RuntimeError> {
+        let req = request.get_ref();
+        let as_of = self.consistent(request, req.min_sequence.as_ref()).await?;
+        if segments::get(&self.store, &req.segment_id).await?.is_none() {
+            return Err(RuntimeError::NotFound { resource: "segment", id: req.segment_id.clone() });
+        }
+        let cost = req.intervention_cost.clone().unwrap_or_default();
+        let (members, total) = segments::member_scores(&self.store, &req.segment_id, &cost.currency_code).await?;
+        if members.is_empty() {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "none of the segment's {total} members has a lifetime value in {} (no active value model, or none in that currency)",
+                cost.currency_code
+            )));
+        }
+        let e = retention::segment_economics(&members, cost.minor_units, req.expected_save_rate, &cost.currency_code);
+        let money = |minor: i64| Some(Money { currency_code: cost.currency_code.clone(), minor_units: minor });
+        Ok(Response::new(pb::EvaluateRetentionResponse {
+            clv_at_risk: money(e.clv_at_risk),
+            expected_net_value: money(e.expected_net_value),
+            recommend: e.recommend,
+            reason: e.reason,
+            as_of_sequence: Some(as_of),
+            clv: money(e.clv),
+            probability_alive: e.mean_probability_alive,
+            customer_count: e.customers,
+            recommended_count: e.recommended_count,
+            segment_member_count: total,
+        }))
     }
 
     /// Wait until the projections reflect `min`; returns what they reflect.
@@ -317,6 +351,122 @@ impl DifferentiationService for DifferentiationApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(segment_id))]
+    async fn create_segment(
+        &self,
+        request: Request<pb::CreateSegmentRequest>,
+    ) -> Result<Response<pb::CreateSegmentResponse>, Status> {
+        let cmd = conversions::new_segment(request.get_ref())?;
+        let segment = segments::create(&self.store, cmd).await?;
+        tracing::Span::current().record("segment_id", segment.id.as_str());
+        tracing::info!(members = segment.member_count, "segment created");
+        Ok(Response::new(pb::CreateSegmentResponse { segment: Some(segment) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(segment_id))]
+    async fn get_segment(
+        &self,
+        request: Request<pb::GetSegmentRequest>,
+    ) -> Result<Response<pb::GetSegmentResponse>, Status> {
+        let id = &request.get_ref().segment_id;
+        validate::require_id("segment_id", id)?;
+        tracing::Span::current().record("segment_id", id.as_str());
+        let segment = segments::get(&self.store, id)
+            .await
+            .map_err(RuntimeError::from)?
+            .ok_or_else(|| RuntimeError::NotFound { resource: "segment", id: id.clone() })?;
+        Ok(Response::new(pb::GetSegmentResponse { segment: Some(segment) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = FieldViolations::new();
+        let size = page::page_size(&mut v, req.page_size);
+        let after = conversions::id_cursor(&mut v, &req.page_token);
+        v.finish()?;
+        let mut rows = segments::list(&self.store, after.as_deref(), size + 1).await.map_err(RuntimeError::from)?;
+        let next_page_token = if rows.len() as u64 > size {
+            rows.truncate(size as usize);
+            rows.last().map(|s| conversions::id_token(&s.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListSegmentsResponse { segments: rows, next_page_token }))
+    }
+
+    #[tracing::instrument(skip_all, fields(segment_id))]
+    async fn delete_segment(
+        &self,
+        request: Request<pb::DeleteSegmentRequest>,
+    ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
+        let id = &request.get_ref().segment_id;
+        validate::require_id("segment_id", id)?;
+        tracing::Span::current().record("segment_id", id.as_str());
+        if !segments::delete(&self.store, id).await? {
+            return Err(RuntimeError::NotFound { resource: "segment", id: id.clone() }.into());
+        }
+        tracing::info!("segment deleted");
+        Ok(Response::new(pb::DeleteSegmentResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(segment_id))]
+    async fn list_segment_members(
+        &self,
+        request: Request<pb::ListSegmentMembersRequest>,
+    ) -> Result<Response<pb::ListSegmentMembersResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "segment_id", &req.segment_id);
+        let size = page::page_size(&mut v, req.page_size);
+        let after = conversions::id_cursor(&mut v, &req.page_token);
+        v.finish()?;
+        tracing::Span::current().record("segment_id", req.segment_id.as_str());
+        let as_of = self.consistent(&request, req.min_sequence.as_ref()).await?;
+        if segments::get(&self.store, &req.segment_id).await.map_err(RuntimeError::from)?.is_none() {
+            return Err(RuntimeError::NotFound { resource: "segment", id: req.segment_id.clone() }.into());
+        }
+        let (mut customer_ids, total_count) =
+            segments::members(&self.store, &req.segment_id, after.as_deref(), size + 1)
+                .await
+                .map_err(RuntimeError::from)?;
+        let next_page_token = if customer_ids.len() as u64 > size {
+            customer_ids.truncate(size as usize);
+            customer_ids.last().map(|id| conversions::id_token(id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListSegmentMembersResponse {
+            customer_ids,
+            total_count,
+            next_page_token,
+            as_of_sequence: Some(as_of),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(segment_id, customer_id))]
+    async fn explain_segment_membership(
+        &self,
+        request: Request<pb::ExplainSegmentMembershipRequest>,
+    ) -> Result<Response<pb::ExplainSegmentMembershipResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = FieldViolations::new();
+        validate::id(&mut v, "segment_id", &req.segment_id);
+        validate::id(&mut v, "customer_id", &req.customer_id);
+        v.finish()?;
+        let span = tracing::Span::current();
+        span.record("segment_id", req.segment_id.as_str());
+        span.record("customer_id", req.customer_id.as_str());
+        let as_of = self.consistent(&request, req.min_sequence.as_ref()).await?;
+        let (member, facts) = segments::explain(&self.store, &req.segment_id, &req.customer_id, time::now())
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound { resource: "segment", id: req.segment_id.clone() })?;
+        Ok(Response::new(pb::ExplainSegmentMembershipResponse { member, facts, as_of_sequence: Some(as_of) }))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn get_retention_report(
         &self,
@@ -437,10 +587,7 @@ impl DifferentiationService for DifferentiationApi {
         );
         v.finish()?;
         if !req.segment_id.is_empty() {
-            return Err(RuntimeError::FailedPrecondition(
-                "needs-based segments are not available on this server; evaluate customers one by one".into(),
-            )
-            .into());
+            return self.evaluate_segment_retention(&request).await.map_err(Status::from);
         }
         tracing::Span::current().record("customer_id", req.customer_id.as_str());
         let as_of = self.consistent(&request, req.min_sequence.as_ref()).await?;
@@ -473,6 +620,9 @@ impl DifferentiationService for DifferentiationApi {
             as_of_sequence: Some(as_of),
             clv: money(clv),
             probability_alive: p_alive,
+            customer_count: 1,
+            recommended_count: i64::from(e.recommend),
+            segment_member_count: 0,
         }))
     }
 }

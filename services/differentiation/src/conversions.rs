@@ -12,9 +12,10 @@ use prost::Message;
 use crate::{
     domain::{
         clv::Valuation,
+        segment::{self, Rule},
         value::{Policy, channel_key, channel_of_key},
     },
-    store::{models::FitCommand, values::PolicyUpdate},
+    store::{models::FitCommand, segments::NewSegment, values::PolicyUpdate},
 };
 
 /// Largest cost per interaction accepted, minor units.
@@ -157,6 +158,70 @@ pub fn value_token(key: i64, id: &str) -> String {
     crm_runtime::page::encode_token(&format!("{key}|{id}"))
 }
 
+/// Longest segment description, in characters.
+pub const MAX_SEGMENT_DESCRIPTION: usize = 2048;
+
+/// A CreateSegment request as a command: the expression is compiled, and
+/// a refused one is a violation of `segment.expression` carrying the
+/// parser's message.
+pub fn new_segment(req: &pb::CreateSegmentRequest) -> Result<NewSegment, RuntimeError> {
+    let mut v = FieldViolations::new();
+    idempotency::check_request_id(&mut v, &req.request_id);
+    let Some(s) = &req.segment else {
+        v.add("segment", "required");
+        return Err(RuntimeError::InvalidArgument(v));
+    };
+    validate::text(&mut v, "segment.display_name", &s.display_name, validate::MAX_SHORT_TEXT, true);
+    if !s.display_name.is_empty() && s.display_name.trim().is_empty() {
+        v.add("segment.display_name", "must not be blank");
+    }
+    validate::text(&mut v, "segment.description", &s.description, MAX_SEGMENT_DESCRIPTION, false);
+    let mut rule = None;
+    if s.expression.trim().is_empty() {
+        v.add("segment.expression", "required");
+    } else if s.expression.chars().count() > segment::MAX_EXPRESSION_CHARS {
+        v.add("segment.expression", format!("at most {} characters", segment::MAX_EXPRESSION_CHARS));
+    } else if segment::has_bad_control(&s.expression) {
+        v.add("segment.expression", "must not contain control characters other than tabs and line breaks");
+    } else {
+        match Rule::compile(&s.expression) {
+            Ok(r) => rule = Some(r),
+            Err(e) => v.add("segment.expression", e.0),
+        }
+    }
+    v.finish()?;
+    let rule = rule.ok_or_else(|| RuntimeError::Internal("validated expression without a rule".into()))?;
+    // Output-only fields do not make a retry a different request.
+    let fingerprint_of = pb::CreateSegmentRequest {
+        request_id: String::new(),
+        segment: Some(pb::Segment { id: String::new(), member_count: 0, create_time: None, ..s.clone() }),
+    };
+    Ok(NewSegment {
+        display_name: s.display_name.clone(),
+        description: s.description.clone(),
+        expression: s.expression.clone(),
+        rule: std::sync::Arc::new(rule),
+        request_id: req.request_id.clone(),
+        fingerprint: idempotency::fingerprint(&fingerprint_of.encode_to_vec()),
+    })
+}
+
+/// The id a page token ends after (segments: segment id; members:
+/// customer id).
+pub fn id_cursor(v: &mut FieldViolations, token: &str) -> Option<String> {
+    let raw = crm_runtime::page::decode_token(v, token)?;
+    if !crm_runtime::ids::is_valid_id(&raw) {
+        v.add("page_token", "not a token returned by this service");
+        return None;
+    }
+    Some(raw)
+}
+
+/// The page token after `id`.
+pub fn id_token(id: &str) -> String {
+    crm_runtime::page::encode_token(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +316,56 @@ mod tests {
         assert!(v.is_empty());
         assert_eq!(value_cursor(&mut v, &crm_runtime::page::encode_token("nope")), None);
         assert_eq!(v.violations().len(), 1);
+    }
+
+    fn violations(r: Result<NewSegment, RuntimeError>) -> Vec<(String, String)> {
+        match r {
+            Err(RuntimeError::InvalidArgument(v)) => v.violations().to_vec(),
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn segments_are_validated_field_by_field() {
+        let ok = pb::Segment { display_name: "Eco".into(), expression: "'eco' in needs".into(), ..Default::default() };
+        let cmd = new_segment(&pb::CreateSegmentRequest { segment: Some(ok.clone()), request_id: "r".into() }).unwrap();
+        assert_eq!(cmd.expression, "'eco' in needs");
+        let same = pb::Segment { id: "ignored".into(), member_count: 9, ..ok.clone() };
+        let again = new_segment(&pb::CreateSegmentRequest { segment: Some(same), request_id: "r".into() }).unwrap();
+        assert_eq!(cmd.fingerprint, again.fingerprint, "output-only fields are ignored");
+        let bad = pb::Segment {
+            display_name: "x".repeat(300),
+            description: "a\u{7}".into(),
+            expression: "tier == ".into(),
+            ..Default::default()
+        };
+        let v = violations(new_segment(&pb::CreateSegmentRequest { segment: Some(bad), request_id: "\u{1}".into() }));
+        let fields: Vec<&str> = v.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["request_id", "segment.display_name", "segment.description", "segment.expression"]);
+        assert!(v[3].1.starts_with("ERROR: <input>:1:"), "{}", v[3].1);
+        for (name, expression, field) in [
+            ("", "true", "segment.display_name"),
+            ("  ", "true", "segment.display_name"),
+            ("n", "", "segment.expression"),
+            ("n", "true\u{0}", "segment.expression"),
+            ("n", &"1 == 1 && ".repeat(500), "segment.expression"),
+        ] {
+            let s = pb::Segment { display_name: name.into(), expression: expression.into(), ..Default::default() };
+            let v = violations(new_segment(&pb::CreateSegmentRequest { segment: Some(s), ..Default::default() }));
+            assert_eq!(v.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), [field], "{name:?} {expression:?}");
+        }
+        let v = violations(new_segment(&pb::CreateSegmentRequest::default()));
+        assert_eq!(v[0].0, "segment");
+    }
+
+    #[test]
+    fn id_tokens_round_trip_and_others_are_refused() {
+        let mut v = FieldViolations::new();
+        let id = crm_runtime::ids::new_id();
+        assert_eq!(id_cursor(&mut v, &id_token(&id)), Some(id));
+        assert!(v.is_empty());
+        assert_eq!(id_cursor(&mut v, &crm_runtime::page::encode_token("5|x")), None);
+        assert_eq!(id_cursor(&mut v, "nope"), None);
+        assert_eq!(v.violations().len(), 2);
     }
 }

@@ -2,8 +2,8 @@
 //! they need. Builds its projections from the interaction and
 //! identification feeds (exactly once, cursor in the same transaction):
 //! purchase summaries, lifetime values, real and strategic value, cost to
-//! serve, value tiers, RFM; and answers value reads with consistency
-//! tokens.
+//! serve, value tiers, RFM, needs-based segment memberships; and answers
+//! value and segment reads with consistency tokens.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(PurchaseSummaryTables),
             Box::new(ValueModelTables),
             Box::new(ValueTierTables),
+            Box::new(SegmentTables),
         ]
     }
 }
@@ -359,6 +360,54 @@ impl MigrationTrait for ValueTierTables {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for t in TIER_TABLES {
+            manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Needs-based segments (DF-6) and their members, kept current by the
+/// feed consumers. A new table is filled when a segment is created, so
+/// nothing is rebuilt here.
+pub struct SegmentTables;
+
+impl MigrationName for SegmentTables {
+    fn name(&self) -> &str {
+        "m20261125_000001_segments"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for SegmentTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let id = |n: &'static str| ColumnDef::new(n).string().not_null().to_owned();
+        manager
+            .create_table(
+                table("segments")
+                    .col(id("id").primary_key())
+                    .col(ColumnDef::new("display_name").text().not_null())
+                    .col(ColumnDef::new("description").text().not_null())
+                    .col(ColumnDef::new("expression").text().not_null())
+                    .col(ColumnDef::new("create_us").big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                table("segment_members")
+                    .col(id("segment_id"))
+                    .col(id("customer_id"))
+                    .col(ColumnDef::new("since_us").big_integer().not_null())
+                    .primary_key(Index::create().col("segment_id").col("customer_id"))
+                    .to_owned(),
+            )
+            .await?;
+        manager.create_index(index("segment_members_by_customer", "segment_members", &["customer_id"])).await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for t in ["segment_members", "segments"] {
             manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
         Ok(())

@@ -8,6 +8,7 @@
 //! - [`bgnbd`], [`gamma_gamma`]: the models and their maximum-likelihood fits;
 //! - [`clv`]: per-customer value and its interval;
 //! - [`retention`]: retention per cohort and retention economics;
+//! - [`segment`]: needs-based segments, CEL expressions over customer facts;
 //! - [`value`]: real and strategic value, cost to serve, tiers with
 //!   hysteresis, RFM, and the interaction attribute conventions.
 
@@ -17,6 +18,7 @@ pub mod gamma_gamma;
 pub mod optimize;
 pub mod random;
 pub mod retention;
+pub mod segment;
 pub mod special;
 pub mod value;
 

@@ -100,6 +100,74 @@ pub fn economics(clv: i64, probability_alive: f64, cost: i64, save_rate: f64, cu
     Economics { clv_at_risk: at_risk, expected_net_value: net, recommend: net > 0, reason }
 }
 
+/// The economics of intervening on every member of a segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentEconomics {
+    /// Members evaluated.
+    pub customers: i64,
+    /// Σ CLV.
+    pub clv: i64,
+    /// Mean P(alive).
+    pub mean_probability_alive: f64,
+    /// Σ CLV × (1 − P(alive)).
+    pub clv_at_risk: i64,
+    /// Σ (CLV at risk × expected save rate − cost).
+    pub expected_net_value: i64,
+    /// Whether intervening on the whole segment pays.
+    pub recommend: bool,
+    /// Members for whom the intervention pays on its own.
+    pub recommended_count: i64,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Whether an intervention costing `cost` per customer that saves
+/// `save_rate` of those at risk pays over `members` (CLV, P(alive)).
+pub fn segment_economics(members: &[(i64, f64)], cost: i64, save_rate: f64, currency: &str) -> SegmentEconomics {
+    let (mut clv, mut at_risk, mut net, mut paying, mut p_sum) = (0i64, 0i64, 0i64, 0i64, 0.0f64);
+    for (c, p) in members {
+        let e = economics(*c, *p, cost, save_rate, currency);
+        clv = clv.saturating_add(*c);
+        at_risk = at_risk.saturating_add(e.clv_at_risk);
+        net = net.saturating_add(e.expected_net_value);
+        paying += i64::from(e.recommend);
+        p_sum += if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
+    }
+    let n = members.len() as i64;
+    let total_cost = cost.saturating_mul(n);
+    let saved = net.saturating_add(total_cost);
+    let money = |m: i64| money_text(m, currency);
+    let head = format!(
+        "saving {:.0}% of the CLV at risk {} of {n} members is worth {}",
+        save_rate * 100.0,
+        money(at_risk),
+        money(saved)
+    );
+    let reason = if net > 0 {
+        format!(
+            "intervene: {head}, more than the cost {} ({} each); it pays on its own for {paying} of them",
+            money(total_cost),
+            money(cost)
+        )
+    } else {
+        format!(
+            "do not intervene on the whole segment: {head}, not more than the cost {} ({} each); it pays on its own for {paying} of them",
+            money(total_cost),
+            money(cost)
+        )
+    };
+    SegmentEconomics {
+        customers: n,
+        clv,
+        mean_probability_alive: if n > 0 { p_sum / n as f64 } else { 0.0 },
+        clv_at_risk: at_risk,
+        expected_net_value: net,
+        recommend: net > 0,
+        recommended_count: paying,
+        reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +202,23 @@ mod tests {
         let e = economics(10_000, 0.9, 1_000, 0.25, "EUR");
         assert_eq!((e.clv_at_risk, e.expected_net_value, e.recommend), (1_000, -750, false));
         assert_eq!(economics(-5, f64::NAN, 0, 1.0, "EUR").clv_at_risk, 0);
+    }
+
+    #[test]
+    fn a_segment_is_the_sum_of_its_members() {
+        let members = [(10_000, 0.2), (10_000, 0.9), (0, 0.5)];
+        let e = segment_economics(&members, 1_000, 0.25, "EUR");
+        let one = |c, p| economics(c, p, 1_000, 0.25, "EUR");
+        assert_eq!(e.customers, 3);
+        assert_eq!(e.clv, 20_000);
+        assert_eq!(e.clv_at_risk, one(10_000, 0.2).clv_at_risk + one(10_000, 0.9).clv_at_risk);
+        assert_eq!(e.expected_net_value, 1_000 - 750 - 1_000);
+        assert!(!e.recommend);
+        assert_eq!(e.recommended_count, 1);
+        assert!((e.mean_probability_alive - 1.6 / 3.0).abs() < 1e-12);
+        assert!(e.reason.starts_with("do not intervene") && e.reason.contains("1 of them"), "{}", e.reason);
+        let e = segment_economics(&members[..1], 1_000, 0.25, "EUR");
+        assert!(e.recommend && e.reason.starts_with("intervene"), "{}", e.reason);
+        assert_eq!(segment_economics(&[], 1, 0.5, "EUR").customers, 0);
     }
 }

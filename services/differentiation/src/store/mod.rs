@@ -15,10 +15,12 @@
 //! declared wallets (from REFERRAL and PREFERENCE_STATEMENT interactions,
 //! kept under their interaction id so re-keys move them like any other
 //! fact), and profile traits and merge aliases (from the identification
-//! feed).
+//! feed). [`segments`] keeps the needs-based segments' members current
+//! with every one of those changes.
 
 pub mod models;
 pub mod retention;
+pub mod segments;
 pub mod values;
 
 use chrono::{DateTime, Utc};
@@ -138,7 +140,8 @@ fn micros(t: Option<&prost_types::Timestamp>, fallback: DateTime<Utc>) -> i64 {
 /// its traits (replaced by every created or updated profile, which carries
 /// them whole — a merge and an unmerge update the profiles they concern)
 /// and its merge aliases, through which a referral naming a merged-away id
-/// credits the profile it now stands for.
+/// credits the profile it now stands for. Segment memberships follow each
+/// of these changes.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IdentityProjection;
 
@@ -155,18 +158,26 @@ impl Projection<ProfileEvent> for IdentityProjection {
                 Some(profile_event::Kind::ProfileCreated(c)) => {
                     if let Some(p) = &c.profile {
                         values::set_traits(tx, p).await?;
+                        segments::reevaluate(tx, &p.id, now).await?;
                     }
                 }
                 Some(profile_event::Kind::ProfileUpdated(u)) => {
                     if let Some(p) = &u.profile {
                         values::set_traits(tx, p).await?;
+                        segments::reevaluate(tx, &p.id, now).await?;
                     }
                 }
                 Some(profile_event::Kind::ProfileMerged(m)) => {
                     values::alias(tx, &m.merged_id, &m.surviving_id, now).await?;
+                    // The merged-away id leaves every segment at once; its
+                    // facts reach the survivor with interaction's re-key.
+                    segments::leave_all(tx, &m.merged_id).await?;
+                    segments::reevaluate(tx, &m.surviving_id, now).await?;
                 }
                 Some(profile_event::Kind::ProfileUnmerged(u)) => {
                     values::unalias(tx, &u.restored_id, &u.surviving_id, now).await?;
+                    segments::reevaluate(tx, &u.restored_id, now).await?;
+                    segments::reevaluate(tx, &u.surviving_id, now).await?;
                 }
                 Some(profile_event::Kind::IdentifiersChanged(_)) | None => {}
             }
@@ -330,6 +341,7 @@ pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
         // Facts moved away (a merge): nothing is derived from them any more;
         // the tier change log stays, and the referrers credited lose them.
         forget_derived(tx, customer).await?;
+        segments::reevaluate(tx, customer, now).await?;
         return values::revalue_referrers(tx, customer, now).await;
     }
     tx.execute_raw(tx.stmt("DELETE FROM purchase_days WHERE customer_id = ?", vec![customer.into()])).await?;

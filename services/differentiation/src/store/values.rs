@@ -9,6 +9,7 @@
 //! recomputed over the whole population — with every customer's tier
 //! re-evaluated — when a policy version is stored, when a value model is
 //! activated, after every N applied interaction events and periodically.
+//! Segment memberships follow both (see [`super::segments`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -584,7 +585,7 @@ pub async fn recompute_all(tx: &WriteTxn, now: DateTime<Utc>) -> Result<(), Runt
     ))
     .await?;
     tracing::debug!(population = thresholds.population, policy = policy.version, "tier boundaries recomputed");
-    Ok(())
+    super::segments::reevaluate_all(tx, now).await
 }
 
 /// Recompute the boundaries in a transaction of its own (the periodic job).
@@ -631,7 +632,7 @@ pub async fn revalue(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
     let inputs = load_inputs(&**tx, &policy, today, Some(customer)).await?;
     let Some(i) = inputs.get(customer) else {
         tx.execute_raw(tx.stmt("DELETE FROM customer_values WHERE customer_id = ?", vec![customer.into()])).await?;
-        return Ok(());
+        return super::segments::reevaluate(tx, customer, now).await;
     };
     let current = tx
         .query_one_raw(tx.stmt("SELECT tier FROM customer_values WHERE customer_id = ?", vec![customer.into()]))
@@ -650,7 +651,7 @@ pub async fn revalue(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
     if e.decision.changed {
         record_change(tx, &e, &policy, now_us).await?;
     }
-    Ok(())
+    super::segments::reevaluate(tx, customer, now).await
 }
 
 /// Re-evaluate the referrers whose credit may include `customer`.
@@ -779,6 +780,7 @@ pub async fn erase(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<
         "customer_traits",
         "customer_values",
         "tier_changes",
+        "segment_members",
     ] {
         tx.execute_raw(tx.stmt(&format!("DELETE FROM {table} WHERE customer_id IN ({list})"), values())).await?;
     }

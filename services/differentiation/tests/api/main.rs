@@ -5,6 +5,7 @@
 mod cdnow;
 mod lifecycle;
 mod retention;
+mod segments;
 mod tiers;
 
 use std::time::Duration;

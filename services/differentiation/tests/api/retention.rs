@@ -113,8 +113,8 @@ async fn retention_is_reported_per_period_and_acquisition_cohort() {
             ..Default::default()
         })
         .await
-        .expect_err("segments");
-    assert_eq!(err.code(), Code::FailedPrecondition);
+        .expect_err("unknown segment");
+    assert_eq!(err.code(), Code::NotFound);
     // No model, no scores: nobody is listed at risk.
     let at_risk = app
         .values

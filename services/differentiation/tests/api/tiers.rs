@@ -1,6 +1,7 @@
 //! Real and strategic value, cost to serve, referrals, stated needs,
 //! value tiers with hysteresis and their change log, the profitability
-//! matrix, and erasure of all of it — over generated populations.
+//! matrix, and erasure of all of it (segment memberships included) — over
+//! generated populations.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -427,6 +428,7 @@ async fn rows_about(url: &str, customer: &str) -> BTreeMap<&'static str, i64> {
         ("profile_aliases", "alias_id = ? OR profile_id = ?"),
         ("customer_interactions", "customer_id = ? OR customer_id = ?"),
         ("orders", "customer_id = ? OR customer_id = ?"),
+        ("segment_members", "customer_id = ? OR customer_id = ?"),
     ] {
         let n: i64 = db
             .query_one_raw(crm_runtime::db::stmt(
@@ -487,6 +489,22 @@ async fn erasure_removes_the_customer_from_every_value_projection() {
     assert_eq!(v.needs, ["delivery"]);
     assert_eq!((minor(&v.referral_value), minor(&v.strategic_value)), (700, 20_000 - 4500));
     assert_eq!(minor(&value(&mut app, &referrer, seq).await.referral_value), 4000);
+    let segment = app
+        .values
+        .create_segment(pb::CreateSegmentRequest {
+            segment: Some(pb::Segment {
+                display_name: "Gold customers who want delivery".into(),
+                expression: r#"traits.segment == "gold" && "delivery" in needs"#.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("segment")
+        .into_inner()
+        .segment
+        .expect("segment");
+    assert_eq!(segment.member_count, 1);
     let before = rows_about(app.differentiation_store(), &erased).await;
     assert!(before.iter().filter(|(t, _)| **t != "profile_aliases").all(|(_, n)| *n > 0), "{before:?}");
 
@@ -512,6 +530,13 @@ async fn erasure_removes_the_customer_from_every_value_projection() {
     assert_eq!(minor(&v.referral_value), 0);
     let after = rows_about(app.differentiation_store(), &erased).await;
     assert!(after.values().all(|n| *n == 0), "{after:?}");
+    let members = app
+        .values
+        .list_segment_members(pb::ListSegmentMembersRequest { segment_id: segment.id, ..Default::default() })
+        .await
+        .expect("members")
+        .into_inner();
+    assert_eq!((members.customer_ids.len(), members.total_count), (0, 0));
     let friend_value = value(&mut app, &friend, seq).await;
     assert_eq!(minor(&friend_value.real_value), 700, "the customers they referred keep their own value");
 }
