@@ -277,6 +277,9 @@ pub(crate) struct BatchHead {
     read: Option<i64>,
     /// The last sequence handed out.
     head: Option<i64>,
+    /// Whether the head is already stored (queued with the deferred
+    /// statements, see `WriteTxn::defer_head`).
+    stored: bool,
 }
 
 impl BatchHead {
@@ -289,7 +292,7 @@ impl BatchHead {
     /// that nobody moved it since it was read.
     pub(crate) async fn store<C: ConnectionTrait>(&self, tx: &C) -> Result<(), DbErr> {
         let (Some(read), Some(head)) = (self.read, self.head) else { return Ok(()) };
-        if read == head {
+        if read == head || self.stored {
             return Ok(());
         }
         let moved = tx
@@ -441,6 +444,28 @@ impl WriteTxn {
         }
         chunks.push(Statement::from_sql_and_values(backend, sql, values));
         chunks
+    }
+
+    /// On SQLite, queue the batch's head with the deferred statements, so
+    /// that the batch's last round trip before COMMIT stores it too. The
+    /// batch read the head in this transaction, which holds the database's
+    /// write lock, so nobody can have moved it (PostgreSQL keeps the checked
+    /// update of `BatchHead::store`).
+    pub(crate) fn defer_head(&mut self) {
+        if self.tx.get_database_backend() != DatabaseBackend::Sqlite {
+            return;
+        }
+        let Some(batch) = &mut self.batch else { return };
+        let (Some(read), Some(head)) = (batch.read, batch.head) else { return };
+        if read == head || batch.stored {
+            return;
+        }
+        batch.stored = true;
+        self.deferred.push(stmt(
+            DatabaseBackend::Sqlite,
+            "UPDATE event_log_head SET last_sequence = ? WHERE id = 1",
+            vec![head.into()],
+        ));
     }
 
     /// Take the sequences a released savepoint handed out.

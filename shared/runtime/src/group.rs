@@ -363,9 +363,12 @@ async fn commit_together(writer: &Writer, jobs: &mut [Box<dyn Job>], savepoints:
             *conflict = outcome == Outcome::Conflict;
         }
     }
-    if !savepoints && tx.flush_deferred().await.is_err() {
-        tx.rollback().await?;
-        return Err(Abandoned::WriteFailed);
+    if !savepoints {
+        tx.defer_head();
+        if tx.flush_deferred().await.is_err() {
+            tx.rollback().await?;
+            return Err(Abandoned::WriteFailed);
+        }
     }
     tx.commit_batch().await?;
     Ok(conflicts)
