@@ -556,6 +556,40 @@ impl DifferentiationService for DifferentiationApi {
         Ok(Response::new(pb::ListAtRiskCustomersResponse { customers, next_page_token, as_of_sequence: Some(as_of) }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn analyze_defection_value(
+        &self,
+        request: Request<pb::AnalyzeDefectionValueRequest>,
+    ) -> Result<Response<pb::AnalyzeDefectionValueResponse>, Status> {
+        let query = conversions::defection_query(request.get_ref(), time::now())?;
+        let as_of = self.consistent(&request, request.get_ref().min_sequence.as_ref()).await?;
+        let currency = match &query.currency {
+            Some(c) => c.clone(),
+            None => values::current_policy(self.store.conn()).await?.0.currency,
+        };
+        let (causes, total) =
+            store::defections::report(&self.store, &query, &currency).await.map_err(RuntimeError::from)?;
+        let money = |minor: i64| Some(Money { currency_code: currency.clone(), minor_units: minor });
+        let proto = |c: &retention::CauseValue| pb::DefectionValue {
+            reason: c.reason,
+            defection_count: c.defections,
+            manageable_count: c.manageable,
+            customer_count: c.customers,
+            lifetime_value_lost: money(c.clv_lost),
+            margin_lost: money(c.margin_lost),
+            value_lost: money(c.value_lost()),
+            manageable_value_lost: money(c.manageable_value_lost),
+            unscored_count: c.unscored,
+            value_share: c.share_of(&total),
+        };
+        Ok(Response::new(pb::AnalyzeDefectionValueResponse {
+            causes: retention::rank_causes(causes).iter().map(proto).collect(),
+            total: Some(proto(&total)),
+            currency_code: currency.clone(),
+            as_of_sequence: Some(as_of),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(customer_id))]
     async fn evaluate_retention(
         &self,

@@ -2,7 +2,7 @@
 //! invalid field is a field violation (INVALID_ARGUMENT).
 
 use chrono::{DateTime, Duration, Utc};
-use crm_proto::differentiation::v1 as pb;
+use crm_proto::{differentiation::v1 as pb, interaction::v1::DefectionReason};
 use crm_runtime::{
     error::{FieldViolations, RuntimeError},
     idempotency, validate,
@@ -15,7 +15,7 @@ use crate::{
         segment::{self, Rule},
         value::{Policy, channel_key, channel_of_key},
     },
-    store::{models::FitCommand, segments::NewSegment, values::PolicyUpdate},
+    store::{defections::DefectionQuery, models::FitCommand, segments::NewSegment, values::PolicyUpdate},
 };
 
 /// Largest cost per interaction accepted, minor units.
@@ -220,6 +220,46 @@ pub fn id_cursor(v: &mut FieldViolations, token: &str) -> Option<String> {
 /// The page token after `id`.
 pub fn id_token(id: &str) -> String {
     crm_runtime::page::encode_token(id)
+}
+
+/// Default length of a defection value report's period, days.
+pub const DEFECTION_PERIOD_DAYS: i64 = 365;
+
+/// An AnalyzeDefectionValue request as a query (period defaults relative
+/// to `now`).
+pub fn defection_query(
+    req: &pb::AnalyzeDefectionValueRequest,
+    now: DateTime<Utc>,
+) -> Result<DefectionQuery, RuntimeError> {
+    let mut v = FieldViolations::new();
+    let period = req.period.unwrap_or_default();
+    let start = validate::timestamp(&mut v, "period.start_time", period.start_time.as_ref());
+    let end = validate::timestamp(&mut v, "period.end_time", period.end_time.as_ref());
+    if let (Some(s), Some(e)) = (start, end) {
+        v.require(s < e, "period.end_time", "must be after period.start_time");
+    }
+    let mut reasons = Vec::with_capacity(req.reasons.len());
+    for (i, r) in req.reasons.iter().enumerate() {
+        if let Some(r) = validate::enumeration::<DefectionReason>(&mut v, &format!("reasons[{i}]"), *r, true) {
+            reasons.push(r as i32);
+        }
+    }
+    v.require(
+        req.currency_code.is_empty() || validate::is_currency_code(&req.currency_code),
+        "currency_code",
+        "an ISO 4217 code such as EUR",
+    );
+    v.finish()?;
+    let end = end.unwrap_or(now);
+    let start = start.unwrap_or(end - Duration::days(DEFECTION_PERIOD_DAYS));
+    reasons.sort_unstable();
+    reasons.dedup();
+    Ok(DefectionQuery {
+        start_us: start.timestamp_micros(),
+        end_us: end.timestamp_micros(),
+        reasons,
+        currency: (!req.currency_code.is_empty()).then(|| req.currency_code.clone()),
+    })
 }
 
 #[cfg(test)]

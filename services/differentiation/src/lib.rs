@@ -37,8 +37,9 @@ pub const IDENTIFICATION_FEED: &str = "identification";
 
 /// Connect and migrate the store, follow the interaction feed (and the
 /// identification feed when its address is configured), then serve until
-/// `shutdown`. Health turns SERVING once the feeds are connected. Its own
-/// settings come from the environment ([`settings`]).
+/// `shutdown`, refitting the value model and recomputing the tier
+/// boundaries periodically. Health turns SERVING once the feeds are
+/// connected. Its own settings come from the environment ([`settings`]).
 pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, ServeError> {
     start_with(settings, &ValueSettings::from_env()?, shutdown).await
 }
@@ -72,6 +73,9 @@ pub async fn start_with(
         }
         None => None,
     };
+    if !values.refit_interval.is_zero() {
+        store::models::schedule_refit(store.clone(), values.refit_interval, shutdown.clone());
+    }
     if !values.recompute_interval.is_zero() {
         tokio::spawn(recompute_periodically(store.clone(), values.recompute_interval, shutdown.clone()));
     }

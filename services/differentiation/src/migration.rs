@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(ValueModelTables),
             Box::new(ValueTierTables),
             Box::new(SegmentTables),
+            Box::new(DefectionTables),
         ]
     }
 }
@@ -410,6 +411,71 @@ impl MigrationTrait for SegmentTables {
         for t in ["segment_members", "segments"] {
             manager.drop_table(Table::drop().table(t).if_exists().to_owned()).await?;
         }
+        Ok(())
+    }
+}
+
+/// Defections with the value lost with them (DF-7), kept under the
+/// defection id so re-keys move them like any other fact. The interaction
+/// projection is rebuilt from the start of its feed so that defections
+/// applied before this table existed reach it: its cursor is reset and
+/// the facts it keeps emptied (each is recorded again, once, on replay).
+pub struct DefectionTables;
+
+impl MigrationName for DefectionTables {
+    fn name(&self) -> &str {
+        "m20261126_000001_defections"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for DefectionTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let id = |n: &'static str| ColumnDef::new(n).string().not_null().to_owned();
+        let big = |n: &'static str| ColumnDef::new(n).big_integer().not_null().to_owned();
+        manager
+            .create_table(
+                table("customer_defections")
+                    .col(id("defection_id").primary_key())
+                    .col(id("customer_id"))
+                    .col(ColumnDef::new("reason").integer().not_null())
+                    .col(ColumnDef::new("manageable").boolean().not_null())
+                    .col(big("occur_us"))
+                    .col(id("currency_code"))
+                    .col(ColumnDef::new("clv_minor").big_integer().null())
+                    .col(ColumnDef::new("model_version").big_integer().null())
+                    .col(big("margin_minor"))
+                    .col(big("applied_us"))
+                    .to_owned(),
+            )
+            .await?;
+        for i in [
+            index("customer_defections_by_customer", "customer_defections", &["customer_id"]),
+            index("customer_defections_by_time", "customer_defections", &["occur_us"]),
+        ] {
+            manager.create_index(i).await?;
+        }
+        let db = manager.get_connection();
+        for t in [
+            "order_categories",
+            "orders",
+            "customer_interactions",
+            "customer_referrals",
+            "customer_needs",
+            "customer_wallets",
+            "customer_scores",
+            "customer_totals",
+            "purchase_days",
+            "customer_summaries",
+        ] {
+            db.execute_unprepared(&format!("DELETE FROM {t}")).await?;
+        }
+        db.execute_unprepared("DELETE FROM feed_cursors WHERE name = 'interaction'").await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.drop_table(Table::drop().table("customer_defections").if_exists().to_owned()).await?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! | `CRM_VALUE_CURRENCY` | `EUR` | currency of the first tier policy |
 //! | `CRM_TIER_RECOMPUTE_EVENTS` | `1000` | recompute tier boundaries after this many applied interaction events (0: never) |
 //! | `CRM_TIER_RECOMPUTE_SECS` | `3600` | and this often (0: never) |
+//! | `CRM_VALUE_REFIT_SECS` | `86400` | refit the lifetime-value model this often, activating it if it converged (0: only by `FitValueModel`) |
 //!
 //! The first two only seed tier policy version 1 when the store has none;
 //! after that `UpdateTierPolicy` is the source of truth.
@@ -28,6 +29,8 @@ pub struct ValueSettings {
     pub recompute_events: u64,
     /// Recompute boundaries this often (zero: never).
     pub recompute_interval: Duration,
+    /// Refit the value model this often (zero: only when asked).
+    pub refit_interval: Duration,
 }
 
 impl Default for ValueSettings {
@@ -36,6 +39,7 @@ impl Default for ValueSettings {
             initial_policy: Policy::default(),
             recompute_events: 1000,
             recompute_interval: Duration::from_secs(3600),
+            refit_interval: Duration::from_secs(86_400),
         }
     }
 }
@@ -85,6 +89,13 @@ impl ValueSettings {
                 .map_err(|e| ConfigError::Invalid { what: "CRM_TIER_RECOMPUTE_SECS", detail: format!("{e}") })?;
             s.recompute_interval = Duration::from_secs(secs);
         }
+        if let Some(n) = get("CRM_VALUE_REFIT_SECS") {
+            let secs: u64 = n
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::Invalid { what: "CRM_VALUE_REFIT_SECS", detail: format!("{e}") })?;
+            s.refit_interval = Duration::from_secs(secs);
+        }
         Ok(s)
     }
 }
@@ -116,6 +127,7 @@ mod tests {
             ("CRM_VALUE_CURRENCY", "USD"),
             ("CRM_TIER_RECOMPUTE_EVENTS", "10"),
             ("CRM_TIER_RECOMPUTE_SECS", "0"),
+            ("CRM_VALUE_REFIT_SECS", "600"),
         ])
         .unwrap();
         assert_eq!(s.initial_policy.cost_per_interaction.get(&(Channel::CallCentre as i32)), Some(&650));
@@ -123,6 +135,7 @@ mod tests {
         assert_eq!(s.initial_policy.cost_per_interaction.get(&(Channel::Phone as i32)), Some(&300));
         assert_eq!(s.initial_policy.currency, "USD");
         assert_eq!((s.recompute_events, s.recompute_interval), (10, Duration::ZERO));
+        assert_eq!(s.refit_interval, Duration::from_secs(600));
     }
 
     #[test]
@@ -134,6 +147,7 @@ mod tests {
             ("CRM_VALUE_CURRENCY", "eur"),
             ("CRM_TIER_RECOMPUTE_EVENTS", "many"),
             ("CRM_TIER_RECOMPUTE_SECS", "-1"),
+            ("CRM_VALUE_REFIT_SECS", "daily"),
         ] {
             assert!(from(&[bad]).is_err(), "{bad:?}");
         }

@@ -1,5 +1,6 @@
-//! Retention (DF-7): retention rate per period and acquisition cohort, and
-//! the economics of a retention intervention.
+//! Retention (DF-7): retention rate per period and acquisition cohort, the
+//! value lost with defections per cause, and the economics of a retention
+//! intervention.
 
 use std::collections::BTreeMap;
 
@@ -168,9 +169,61 @@ pub fn segment_economics(members: &[(i64, f64)], cost: i64, save_rate: f64, curr
     }
 }
 
+/// Defections of one reason (or of every reason), with the value lost:
+/// sums over the defections as they were valued when applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CauseValue {
+    /// The reason's number (0 for every reason together).
+    pub reason: i32,
+    /// Defections.
+    pub defections: i64,
+    /// Of which manageable.
+    pub manageable: i64,
+    /// Distinct customers.
+    pub customers: i64,
+    /// Sum of the defectors' CLV at the time, minor units.
+    pub clv_lost: i64,
+    /// Sum of the defectors' margin over the year up to each defection.
+    pub margin_lost: i64,
+    /// CLV plus margin of the manageable defections.
+    pub manageable_value_lost: i64,
+    /// Defections without a CLV in the currency.
+    pub unscored: i64,
+}
+
+impl CauseValue {
+    /// CLV lost plus margin lost.
+    pub fn value_lost(&self) -> i64 {
+        self.clv_lost.saturating_add(self.margin_lost)
+    }
+
+    /// This cause's share of `total`'s value lost (0 when nothing, or
+    /// less than nothing, was lost overall).
+    pub fn share_of(&self, total: &CauseValue) -> f64 {
+        let all = total.value_lost();
+        if all > 0 { self.value_lost() as f64 / all as f64 } else { 0.0 }
+    }
+}
+
+/// Causes most value lost first; ties by reason number.
+pub fn rank_causes(mut causes: Vec<CauseValue>) -> Vec<CauseValue> {
+    causes.sort_by(|a, b| b.value_lost().cmp(&a.value_lost()).then(a.reason.cmp(&b.reason)));
+    causes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_rank_by_value_lost_then_reason() {
+        let cause = |reason, clv_lost, margin_lost| CauseValue { reason, clv_lost, margin_lost, ..Default::default() };
+        let ranked = rank_causes(vec![cause(1, 10, 5), cause(2, 0, 40), cause(3, 15, 0), cause(4, -5, 0)]);
+        assert_eq!(ranked.iter().map(|c| c.reason).collect::<Vec<_>>(), [2, 1, 3, 4]);
+        let total = cause(0, 20, 45);
+        assert!((ranked[0].share_of(&total) - 40.0 / 65.0).abs() < 1e-12);
+        assert_eq!(ranked[0].share_of(&cause(0, 0, 0)), 0.0);
+    }
 
     #[test]
     fn cohorts_are_first_purchase_months() {

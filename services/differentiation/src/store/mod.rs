@@ -16,8 +16,11 @@
 //! kept under their interaction id so re-keys move them like any other
 //! fact), and profile traits and merge aliases (from the identification
 //! feed). [`segments`] keeps the needs-based segments' members current
-//! with every one of those changes.
+//! with every one of those changes. [`defections`] keeps each defection
+//! (under its id, moved and erased like the other facts) with the value
+//! lost with the defector.
 
+pub mod defections;
 pub mod models;
 pub mod retention;
 pub mod segments;
@@ -107,10 +110,16 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
                 Some(Kind::DefectionRecorded(d)) => {
                     record_interaction(tx, customer, d.interaction.as_ref()).await?;
                     refresh(tx, customer, now).await?;
+                    // Valued after the refresh: the score and margin now.
+                    if let Some(defection) = &d.defection {
+                        defections::record(tx, customer, defection, now).await?;
+                    }
                 }
                 Some(Kind::CustomerRekeyed(k)) => {
                     let facts = k.facts.clone().unwrap_or_default();
                     move_facts(tx, "orders", "order_id", &facts.order_ids, &k.to_customer_id).await?;
+                    move_facts(tx, "customer_defections", "defection_id", &facts.defection_ids, &k.to_customer_id)
+                        .await?;
                     for table in std::iter::once("customer_interactions").chain(values::STATEMENT_TABLES) {
                         move_facts(tx, table, "interaction_id", &facts.interaction_ids, &k.to_customer_id).await?;
                     }
@@ -299,7 +308,7 @@ pub async fn erase(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<
         vec![customer.into()],
     ))
     .await?;
-    for table in ["orders", "customer_interactions"] {
+    for table in ["orders", "customer_interactions", "customer_defections"] {
         tx.execute_raw(tx.stmt(&format!("DELETE FROM {table} WHERE customer_id = ?"), vec![customer.into()])).await?;
     }
     forget_derived(tx, customer).await?;

@@ -4,7 +4,9 @@
 //! becomes the only active version and every customer is rescored in the
 //! same transaction, and the tier boundaries recomputed with the new CLVs.
 //! A fit that did not converge is stored (so operators
-//! can see why) but never activated: the active model stays.
+//! can see why) but never activated: the active model stays. Besides the
+//! `FitValueModel` RPC, [`schedule_refit`] runs the same fit periodically,
+//! so the active model follows the population as it buys, lapses and grows.
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use crm_runtime::{
     db::{Store, WriteTxn},
     error::RuntimeError,
     idempotency::{self, Claim},
+    server::Shutdown,
     time,
 };
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
@@ -308,6 +311,55 @@ pub async fn fit(store: &Store, cmd: FitCommand) -> Result<pb::ValueModel, Runti
         tracing::warn!(version, "value model fit did not converge; active model kept");
     }
     Ok(stored.proto)
+}
+
+/// The fit a scheduled refit runs as of `now`: every purchase up to now,
+/// activated if it converges, in the active model's currency and with its
+/// valuation (so a refit follows the data, not a change of settings), or
+/// with `FitValueModel`'s defaults when no model is active.
+pub async fn refit_command(store: &Store, now: DateTime<Utc>) -> Result<FitCommand, DbErr> {
+    let current = active(store.conn()).await?;
+    Ok(FitCommand {
+        calibration_end: now,
+        currency: current.as_ref().map(|m| m.currency.clone()),
+        valuation: current.map_or_else(Valuation::default, |m| m.model.valuation),
+        activate: true,
+        request_id: String::new(),
+        fingerprint: 0,
+    })
+}
+
+/// Refit the value model every `every` until `shutdown` (DF-2). A run
+/// that does not converge is stored and reported like any other fit, and
+/// the active model stays; a failed run is logged and retried at the next
+/// period.
+pub fn schedule_refit(store: Store, every: std::time::Duration, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.wait() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+            let outcome = match refit_command(&store, time::now()).await {
+                Ok(cmd) => fit(&store, cmd).await,
+                Err(e) => Err(e.into()),
+            };
+            match outcome {
+                Ok(m) => tracing::info!(
+                    version = m.version,
+                    converged = m.converged,
+                    active = m.active,
+                    customers = m.customer_count,
+                    "value model refitted on schedule"
+                ),
+                Err(RuntimeError::FailedPrecondition(reason)) => {
+                    tracing::info!(%reason, "scheduled value model refit skipped");
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduled value model refit failed; retrying at the next period"),
+            }
+        }
+    })
 }
 
 async fn fetch(tx: &WriteTxn, version: i64) -> Result<StoredModel, DbErr> {

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cdnow;
+mod defections;
 mod lifecycle;
+mod refit;
 mod retention;
 mod segments;
 mod tiers;

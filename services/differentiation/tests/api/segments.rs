@@ -24,7 +24,12 @@ use crate::{App, at, lifecycle::person, purchase, spawn_app_with};
 
 /// Boundaries recomputed only when asked (a policy update).
 fn settings(policy: Policy) -> ValueSettings {
-    ValueSettings { initial_policy: policy, recompute_events: 0, recompute_interval: Duration::ZERO }
+    ValueSettings {
+        initial_policy: policy,
+        recompute_events: 0,
+        recompute_interval: Duration::ZERO,
+        ..ValueSettings::default()
+    }
 }
 
 /// A small deterministic generator.

@@ -21,7 +21,12 @@ use crate::{App, at, lifecycle::person, spawn_app_with};
 /// Settings whose first policy is `policy`, recomputing boundaries only
 /// when asked (a policy update), so each test controls them.
 fn settings(policy: Policy) -> ValueSettings {
-    ValueSettings { initial_policy: policy, recompute_events: 0, recompute_interval: std::time::Duration::ZERO }
+    ValueSettings {
+        initial_policy: policy,
+        recompute_events: 0,
+        recompute_interval: std::time::Duration::ZERO,
+        ..ValueSettings::default()
+    }
 }
 
 fn costs(pairs: &[(Channel, i64)]) -> BTreeMap<i32, i64> {
