@@ -50,20 +50,7 @@ use crate::domain::{
     value::{Tier, channel_key},
 };
 
-fn q<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> sea_orm::Statement {
-    crm_runtime::db::stmt(c.get_database_backend(), sql, values)
-}
-
-/// ` AND <col> = ?` for one customer, or nothing for everyone.
-fn only(col: &str, customer: Option<&str>, values: &mut Vec<Value>) -> String {
-    match customer {
-        Some(c) => {
-            values.push(c.into());
-            format!(" AND {col} = ?")
-        }
-        None => String::new(),
-    }
-}
+use super::values::{only, q};
 
 fn marks(n: usize) -> String {
     vec!["?"; n.max(1)].join(", ")
@@ -318,48 +305,16 @@ pub async fn load_facts<C: ConnectionTrait>(
             facts.needs.remove(&need);
         }
     }
-    // The latest declaration of a category wins; one in another currency
-    // (or of 0) declares nothing in the policy's (as in the value).
-    let mut values = vec![];
-    let f = only("customer_id", customer, &mut values);
-    for r in c
-        .query_all_raw(q(
-            c,
-            &format!(
-                "SELECT customer_id, category, currency_code, amount_minor FROM customer_wallets WHERE 1 = 1{f} \
-                 ORDER BY customer_id, category, occur_us, interaction_id"
-            ),
-            values,
-        ))
-        .await?
-    {
-        let id: String = r.try_get_by_index(0)?;
-        let Some(facts) = out.get_mut(&id) else { continue };
-        let category: String = r.try_get_by_index(1)?;
-        let cur: String = r.try_get_by_index(2)?;
-        let amount: i64 = r.try_get_by_index(3)?;
-        if amount > 0 && (cur.is_empty() || cur == currency) {
-            facts.wallet.insert(category, amount);
-        } else {
-            facts.wallet.remove(&category);
+    // As in the customer value.
+    for (id, declared) in super::values::declared_wallets(c, currency, customer).await? {
+        if let Some(facts) = out.get_mut(&id) {
+            facts.wallet = declared;
         }
     }
-    let mut values = vec![];
-    let f = only("customer_id", customer, &mut values);
-    for r in c
-        .query_all_raw(q(
-            c,
-            &format!(
-                "SELECT customer_id, channel, COUNT(*) FROM customer_interactions WHERE 1 = 1{f} GROUP BY customer_id, channel"
-            ),
-            values,
-        ))
-        .await?
-    {
-        let id: String = r.try_get_by_index(0)?;
-        let Some(facts) = out.get_mut(&id) else { continue };
-        if let Some(channel) = channel_key(r.try_get_by_index(1)?) {
-            facts.channels.insert(channel, r.try_get_by_index(2)?);
+    for (id, per_channel) in super::values::channel_counts(c, customer).await? {
+        if let Some(facts) = out.get_mut(&id) {
+            facts.channels =
+                per_channel.into_iter().filter_map(|(channel, n)| Some((channel_key(channel)?, n))).collect();
         }
     }
     Ok(out)

@@ -33,12 +33,12 @@ use crate::{
     },
 };
 
-fn q<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> sea_orm::Statement {
+pub(crate) fn q<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> sea_orm::Statement {
     crm_runtime::db::stmt(c.get_database_backend(), sql, values)
 }
 
 /// ` AND <col> = ?` for one customer, or nothing for everyone.
-fn only(col: &str, customer: Option<&str>, values: &mut Vec<Value>) -> String {
+pub(crate) fn only(col: &str, customer: Option<&str>, values: &mut Vec<Value>) -> String {
     match customer {
         Some(c) => {
             values.push(c.into());
@@ -326,48 +326,14 @@ pub async fn load_inputs<C: ConnectionTrait>(
             i.clv = r.try_get_by_index(1)?;
         }
     }
-    let mut values = vec![];
-    let f = only("customer_id", customer, &mut values);
-    for r in c
-        .query_all_raw(q(
-            c,
-            &format!(
-                "SELECT customer_id, channel, COUNT(*) FROM customer_interactions WHERE 1 = 1{f} GROUP BY customer_id, channel"
-            ),
-            values,
-        ))
-        .await?
-    {
-        let id: String = r.try_get_by_index(0)?;
+    for (id, per_channel) in channel_counts(c, customer).await? {
         if let Some(i) = out.get_mut(&id) {
-            i.interactions.insert(r.try_get_by_index(1)?, r.try_get_by_index(2)?);
+            i.interactions = per_channel;
         }
     }
-    // The latest declaration of a category wins; one in another currency
-    // (or of 0) declares nothing in the policy's.
-    let mut values = vec![];
-    let f = only("customer_id", customer, &mut values);
-    for r in c
-        .query_all_raw(q(
-            c,
-            &format!(
-                "SELECT customer_id, category, currency_code, amount_minor FROM customer_wallets WHERE 1 = 1{f} \
-                 ORDER BY customer_id, category, occur_us, interaction_id"
-            ),
-            values,
-        ))
-        .await?
-    {
-        let id: String = r.try_get_by_index(0)?;
-        let category: String = r.try_get_by_index(1)?;
-        let cur: String = r.try_get_by_index(2)?;
-        let amount: i64 = r.try_get_by_index(3)?;
+    for (id, declared) in declared_wallets(c, currency, customer).await? {
         if let Some(i) = out.get_mut(&id) {
-            if amount > 0 && (cur.is_empty() || cur == currency) {
-                i.declared.insert(category, amount);
-            } else {
-                i.declared.remove(&category);
-            }
+            i.declared = declared;
         }
     }
     let since_day = today - dv::WALLET_WINDOW_DAYS;
@@ -411,6 +377,52 @@ pub async fn load_inputs<C: ConnectionTrait>(
                         referred.iter().fold(0i64, |a, x| a.saturating_add(margins.get(x).map_or(0, |t| t.0)));
                 }
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Interactions per channel of one customer (`Some`) or of everyone.
+pub(crate) async fn channel_counts<C: ConnectionTrait>(
+    c: &C,
+    customer: Option<&str>,
+) -> Result<BTreeMap<String, BTreeMap<i32, i64>>, DbErr> {
+    let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    let mut values = vec![];
+    let f = only("customer_id", customer, &mut values);
+    let sql = format!(
+        "SELECT customer_id, channel, COUNT(*) FROM customer_interactions WHERE 1 = 1{f} GROUP BY customer_id, channel"
+    );
+    for r in c.query_all_raw(q(c, &sql, values)).await? {
+        out.entry(r.try_get_by_index(0)?).or_default().insert(r.try_get_by_index(1)?, r.try_get_by_index(2)?);
+    }
+    Ok(out)
+}
+
+/// Declared spend per category of one customer (`Some`) or of everyone, in
+/// `currency`: the latest declaration of a category wins; one in another
+/// currency (or of 0) declares nothing in this one.
+pub(crate) async fn declared_wallets<C: ConnectionTrait>(
+    c: &C,
+    currency: &str,
+    customer: Option<&str>,
+) -> Result<BTreeMap<String, BTreeMap<String, i64>>, DbErr> {
+    let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut values = vec![];
+    let f = only("customer_id", customer, &mut values);
+    let sql = format!(
+        "SELECT customer_id, category, currency_code, amount_minor FROM customer_wallets WHERE 1 = 1{f} \
+         ORDER BY customer_id, category, occur_us, interaction_id"
+    );
+    for r in c.query_all_raw(q(c, &sql, values)).await? {
+        let declared = out.entry(r.try_get_by_index(0)?).or_default();
+        let category: String = r.try_get_by_index(1)?;
+        let cur: String = r.try_get_by_index(2)?;
+        let amount: i64 = r.try_get_by_index(3)?;
+        if amount > 0 && (cur.is_empty() || cur == currency) {
+            declared.insert(category, amount);
+        } else {
+            declared.remove(&category);
         }
     }
     Ok(out)

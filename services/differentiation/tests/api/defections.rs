@@ -13,7 +13,7 @@ use crm_proto::{
 use crm_runtime::{error::field_violations, ids::new_id};
 use tonic::Code;
 
-use crate::{App, at, lifecycle::person, purchase, spawn_app};
+use crate::{App, at, caught_up, lifecycle::person, purchase, spawn_app};
 
 pub(crate) struct Lcg(pub(crate) u64);
 
@@ -172,15 +172,7 @@ pub(crate) async fn buy_for_a_while(
             day += gap;
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let read = pb::GetCustomerValueRequest { customer_id: new_id(), min_sequence: at(last) };
-        match app.values.get_customer_value(read).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Code::DeadlineExceeded && tokio::time::Instant::now() < deadline => {}
-            Err(e) => panic!("caught up: {e:?}"),
-        }
-    }
+    caught_up(app, last).await;
     (bought, last)
 }
 

@@ -37,7 +37,7 @@ pub(crate) async fn person(app: &mut App, traits: &[(&str, TraitValue)]) -> (Str
 }
 
 /// Merge `merged` into `surviving` through identification.
-async fn merge(app: &mut App, surviving: &str, merged: &str) -> idpb::MergeProfilesResponse {
+pub(crate) async fn merge(app: &mut App, surviving: &str, merged: &str) -> idpb::MergeProfilesResponse {
     app.profiles
         .merge_profiles(idpb::MergeProfilesRequest {
             surviving_id: surviving.to_owned(),

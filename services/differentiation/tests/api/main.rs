@@ -45,6 +45,20 @@ impl App {
     }
 }
 
+/// Wait until differentiation has applied the feed up to `last` (a
+/// projection may take longer than one request's deadline to catch up).
+pub(crate) async fn caught_up(app: &mut App, last: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let read = pb::GetCustomerValueRequest { customer_id: new_id(), min_sequence: at(last) };
+        match app.values.get_customer_value(read).await {
+            Ok(_) => return,
+            Err(e) if e.code() == Code::DeadlineExceeded && tokio::time::Instant::now() < deadline => {}
+            Err(e) => panic!("caught up: {e:?}"),
+        }
+    }
+}
+
 pub(crate) async fn spawn_app() -> App {
     spawn_app_with(ValueSettings::default()).await
 }

@@ -9,28 +9,23 @@ use std::{
     time::Duration,
 };
 
-use crm_differentiation::{domain::value::Policy, settings::ValueSettings};
+use crm_differentiation::domain::value::Policy;
 use crm_proto::{
-    common::v1::{Channel, FeedSequences, Money, TraitValue, trait_value::Kind},
+    common::v1::{Channel, FeedSequences, Money},
     differentiation::v1::{self as pb, ValueTier},
     identification::v1 as idpb,
-    interaction::v1::{self as ipb, InteractionType},
+    interaction::v1::InteractionType,
 };
 use crm_runtime::{error::field_violations, ids::new_id};
 use sea_orm::{ConnectionTrait, Database};
 use tonic::Code;
 
-use crate::{App, at, lifecycle::person, purchase, spawn_app_with};
-
-/// Boundaries recomputed only when asked (a policy update).
-fn settings(policy: Policy) -> ValueSettings {
-    ValueSettings {
-        initial_policy: policy,
-        recompute_events: 0,
-        recompute_interval: Duration::ZERO,
-        ..ValueSettings::default()
-    }
-}
+use crate::{
+    App, at, caught_up,
+    lifecycle::{merge, person},
+    purchase, spawn_app_with,
+    tiers::{contact, int, settings, text},
+};
 
 /// A small deterministic generator.
 struct Lcg(u64);
@@ -40,35 +35,6 @@ impl Lcg {
         self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         ((self.0 >> 33) % n) as i64
     }
-}
-
-fn text(v: &str) -> TraitValue {
-    TraitValue { kind: Some(Kind::StringValue(v.into())) }
-}
-
-fn int(v: i64) -> TraitValue {
-    TraitValue { kind: Some(Kind::IntValue(v)) }
-}
-
-async fn contact(
-    app: &mut App,
-    customer: &str,
-    channel: Channel,
-    kind: InteractionType,
-    attributes: &[(&str, TraitValue)],
-) -> i64 {
-    app.interactions
-        .record_interaction(ipb::RecordInteractionRequest {
-            customer_id: customer.to_owned(),
-            channel: channel as i32,
-            r#type: kind as i32,
-            attributes: attributes.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
-            ..Default::default()
-        })
-        .await
-        .expect("interaction")
-        .into_inner()
-        .sequence
 }
 
 async fn buy(app: &mut App, customer: &str, day: i64, margin: i64) -> i64 {
@@ -429,18 +395,6 @@ async fn invalid_segment_requests_are_refused_precisely() {
     assert_eq!(e.facts, ["needs = []", "not a member: nothing is known about this customer"]);
 }
 
-async fn merge(app: &mut App, surviving: &str, merged: &str) -> idpb::MergeProfilesResponse {
-    app.profiles
-        .merge_profiles(idpb::MergeProfilesRequest {
-            surviving_id: surviving.to_owned(),
-            merged_id: merged.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("merge")
-        .into_inner()
-}
-
 /// Poll until the members of `segment` are `want` (a re-key reaches this
 /// projection through interaction's feed, whose position the caller of a
 /// merge does not learn).
@@ -536,16 +490,7 @@ async fn the_retention_economics_of_a_segment_sum_those_of_its_members() {
             day += gap;
         }
     }
-    // The projection may take longer than one request's deadline to catch up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let read = pb::GetCustomerValueRequest { customer_id: new_id(), min_sequence: at(last) };
-        match app.values.get_customer_value(read).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Code::DeadlineExceeded && tokio::time::Instant::now() < deadline => {}
-            Err(e) => panic!("caught up: {e:?}"),
-        }
-    }
+    caught_up(&mut app, last).await;
     let model = app
         .values
         .fit_value_model(pb::FitValueModelRequest { activate: true, currency_code: "EUR".into(), ..Default::default() })

@@ -20,7 +20,7 @@ use crate::{App, at, lifecycle::person, spawn_app_with};
 
 /// Settings whose first policy is `policy`, recomputing boundaries only
 /// when asked (a policy update), so each test controls them.
-fn settings(policy: Policy) -> ValueSettings {
+pub(crate) fn settings(policy: Policy) -> ValueSettings {
     ValueSettings {
         initial_policy: policy,
         recompute_events: 0,
@@ -84,16 +84,16 @@ async fn give_back(app: &mut App, order_id: &str, sku: &str, quantity: i64) -> i
         .sequence
 }
 
-fn text(v: &str) -> TraitValue {
+pub(crate) fn text(v: &str) -> TraitValue {
     TraitValue { kind: Some(Kind::StringValue(v.into())) }
 }
 
-fn int(v: i64) -> TraitValue {
+pub(crate) fn int(v: i64) -> TraitValue {
     TraitValue { kind: Some(Kind::IntValue(v)) }
 }
 
 /// Record an interaction; returns its sequence.
-async fn contact(
+pub(crate) async fn contact(
     app: &mut App,
     customer: &str,
     channel: Channel,
