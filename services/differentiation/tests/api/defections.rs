@@ -13,7 +13,11 @@ use crm_proto::{
 use crm_runtime::{error::field_violations, ids::new_id};
 use tonic::Code;
 
-use crate::{App, at, caught_up, lifecycle::person, purchase, spawn_app};
+use crate::{
+    App, at, caught_up,
+    lifecycle::{merge, person},
+    purchase, spawn_app,
+};
 
 pub(crate) struct Lcg(pub(crate) u64);
 
@@ -278,16 +282,7 @@ async fn defection_causes_carry_the_value_lost_with_the_defectors() {
 
     // A merge moves b's defection to a (one customer fewer); the unmerge
     // moves it back; an erasure removes a's.
-    let merged = app
-        .profiles
-        .merge_profiles(idpb::MergeProfilesRequest {
-            surviving_id: a.clone(),
-            merged_id: b.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("merge")
-        .into_inner();
+    let merged = merge(&mut app, &a, &b).await;
     let renamed: Vec<Defected> = defections
         .iter()
         .map(|d| Defected { customer: if d.customer == b { a.clone() } else { d.customer.clone() }, ..d.clone() })
