@@ -1,6 +1,8 @@
 //! The gRPC surface of identification: convert → store → convert back.
 //! RPCs of later milestones answer UNIMPLEMENTED (generated defaults).
 
+use std::{collections::VecDeque, future::Future, sync::Arc, task::Poll};
+
 use crm_proto::identification::v1::{self as pb, identification_service_server::IdentificationService};
 use crm_runtime::{
     db::Store,
@@ -19,6 +21,20 @@ use crate::{
     matcher::Matcher,
     store,
 };
+
+/// Records of one ImportProfiles call resolved at a time.
+const IMPORT_IN_FLIGHT: usize = 64;
+
+/// Count an imported record's outcome.
+fn count(counts: &mut pb::ImportProfilesResponse, r: &pb::ResolveIdentityResponse) {
+    if !r.review_item_id.is_empty() {
+        counts.review_count += 1;
+    } else if r.created {
+        counts.created_count += 1;
+    } else {
+        counts.linked_count += 1;
+    }
+}
 
 /// The identification service.
 #[derive(Clone, Debug)]
@@ -45,7 +61,7 @@ impl IdentificationService for IdentificationApi {
         request: Request<pb::ResolveIdentityRequest>,
     ) -> Result<Response<pb::ResolveIdentityResponse>, Status> {
         let cmd = ResolveCommand::from_request(request.into_inner(), &self.default_region)?;
-        let response = store::resolve(&self.store, &self.matcher, &cmd).await?;
+        let response = store::resolve(&self.store, &self.matcher, Arc::new(cmd)).await?;
         let span = tracing::Span::current();
         span.record("profile_id", response.profile.as_ref().map(|p| p.id.as_str()).unwrap_or_default());
         span.record("created", response.created);
@@ -196,6 +212,11 @@ impl IdentificationService for IdentificationApi {
     ) -> Result<Response<pb::ImportProfilesResponse>, Status> {
         let mut records = request.into_inner();
         let mut counts = pb::ImportProfilesResponse::default();
+        // Records are resolved IMPORT_IN_FLIGHT at a time, so that they share
+        // commits, each queued for the store's writer before the next is
+        // read: the writer runs them in the order sent, and a record still
+        // sees the ones before it.
+        let mut in_flight = VecDeque::with_capacity(IMPORT_IN_FLIGHT);
         while let Some(record) = records.message().await? {
             let req = pb::ResolveIdentityRequest {
                 identifiers: record.identifiers,
@@ -210,14 +231,22 @@ impl IdentificationService for IdentificationApi {
                 counts.rejected_count += 1;
                 continue;
             };
-            let r = store::resolve(&self.store, &self.matcher, &cmd).await?;
-            if !r.review_item_id.is_empty() {
-                counts.review_count += 1;
-            } else if r.created {
-                counts.created_count += 1;
-            } else {
-                counts.linked_count += 1;
+            let (store, matcher) = (self.store.clone(), self.matcher.clone());
+            let mut resolve = Box::pin(async move { store::resolve(&store, &matcher, Arc::new(cmd)).await });
+            // The first poll queues the write.
+            if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(resolve.as_mut().poll(cx))).await {
+                count(&mut counts, &r?);
+                continue;
             }
+            in_flight.push_back(resolve);
+            if in_flight.len() >= IMPORT_IN_FLIGHT
+                && let Some(oldest) = in_flight.pop_front()
+            {
+                count(&mut counts, &oldest.await?);
+            }
+        }
+        for resolve in in_flight {
+            count(&mut counts, &resolve.await?);
         }
         let span = tracing::Span::current();
         span.record("created", counts.created_count);

@@ -292,8 +292,9 @@ impl IdentifiersCommand {
     }
 }
 
-/// A full or partial date (year required; month and day may be 0).
-fn is_plausible_birth_date(d: &Date) -> bool {
+/// Whether a birth date is accepted: a full or partial calendar date
+/// (year required; month and day may be 0) between 1900 and today.
+pub fn is_plausible_birth_date(d: &Date) -> bool {
     use chrono::{Datelike, NaiveDate, Utc};
     let this_year = Utc::now().year();
     if !(1900..=this_year).contains(&d.year) || !(0..=12).contains(&d.month) || !(0..=31).contains(&d.day) {

@@ -131,36 +131,136 @@ const VIEW: i64 = 0;
 /// resolves compare with it as well as with the profile's merged view.
 /// Returns whether it was new.
 pub async fn remember<C: ConnectionTrait>(c: &C, profile_id: &str, record: &Record, at_us: i64) -> Result<bool, DbErr> {
-    if !matchable(record) {
-        return Ok(false);
+    let mut states = match_states(c, std::slice::from_ref(&profile_id.to_owned())).await?;
+    let mut state = states.remove(profile_id).unwrap_or_default();
+    let (told, statements) = remember_in(c.get_database_backend(), &mut state, profile_id, record, at_us);
+    for s in statements {
+        c.execute_raw(s).await?;
     }
-    let backend = c.get_database_backend();
-    let fingerprint = record.fingerprint();
-    let inserted = c
-        .execute_raw(crm_runtime::db::stmt(
-            backend,
-            "INSERT INTO profile_records (seen_at_us, profile_id, fingerprint, record) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (profile_id, fingerprint) DO NOTHING",
-            vec![at_us.into(), profile_id.into(), fingerprint.into(), record.to_bytes().into()],
+    Ok(told)
+}
+
+/// A record kept for a profile, as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    fingerprint: i64,
+    seen_at_us: i64,
+    /// `None` when it does not decode (it only narrows the evidence).
+    record: Option<Record>,
+}
+
+/// What matching keeps of one profile: its records (its view under the
+/// fingerprint `VIEW`, and what it was told) and its blocking keys.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MatchState {
+    kept: Vec<Kept>,
+    keys: BTreeSet<String>,
+}
+
+impl MatchState {
+    /// The records it is compared by: its view and what it was told, or
+    /// just `profile`'s view when none were kept.
+    pub(crate) fn records(&self, profile: &pb::Profile) -> Vec<Record> {
+        let mut by_fingerprint: Vec<&Kept> = self.kept.iter().collect();
+        by_fingerprint.sort_by_key(|k| k.fingerprint);
+        let records: Vec<Record> = by_fingerprint.into_iter().filter_map(|k| k.record.clone()).collect();
+        if records.is_empty() { vec![record_of(profile)] } else { records }
+    }
+
+    /// Note a kept record, as stored.
+    pub(crate) fn add_record(&mut self, fingerprint: i64, seen_at_us: i64, bytes: &[u8]) {
+        self.kept.push(Kept { fingerprint, seen_at_us, record: Record::from_bytes(bytes) });
+    }
+
+    /// Note a blocking key.
+    pub(crate) fn add_key(&mut self, key: String) {
+        self.keys.insert(key);
+    }
+}
+
+/// What matching keeps of each of `ids` (profiles keeping nothing are
+/// absent), in one round trip.
+pub(crate) async fn match_states<C: ConnectionTrait>(
+    c: &C,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, MatchState>, DbErr> {
+    let mut out: std::collections::HashMap<String, MatchState> = std::collections::HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let marks = vec!["?"; ids.len()].join(", ");
+    let mut values: Vec<sea_orm::Value> = ids.iter().map(|i| i.clone().into()).collect();
+    values.extend(ids.iter().map(|i| i.clone().into()));
+    let rows = c
+        .query_all_raw(crm_runtime::db::stmt(
+            c.get_database_backend(),
+            &format!(
+                "SELECT profile_id, fingerprint, seen_at_us, record, CAST(NULL AS TEXT) FROM profile_records \
+                 WHERE profile_id IN ({marks}) \
+                 UNION ALL SELECT profile_id, NULL, NULL, NULL, key FROM blocking_keys WHERE profile_id IN ({marks})"
+            ),
+            values,
         ))
-        .await?
-        .rows_affected()
-        == 1;
-    let sql = if inserted {
-        // Only the most recently seen records stay.
-        "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint <> ? AND fingerprint NOT IN \
-         (SELECT fingerprint FROM profile_records WHERE profile_id = ? AND fingerprint <> ? \
-          ORDER BY seen_at_us DESC, fingerprint DESC LIMIT ?)"
-    } else {
-        "UPDATE profile_records SET seen_at_us = ? WHERE profile_id = ? AND fingerprint = ?"
-    };
-    let values = if inserted {
-        vec![profile_id.into(), VIEW.into(), profile_id.into(), VIEW.into(), MAX_RECORDS.into()]
-    } else {
-        vec![at_us.into(), profile_id.into(), fingerprint.into()]
-    };
-    c.execute_raw(crm_runtime::db::stmt(backend, sql, values)).await?;
-    Ok(inserted)
+        .await?;
+    for row in rows {
+        let id: String = row.try_get_by_index(0)?;
+        let state = out.entry(id).or_default();
+        match row.try_get_by_index::<Option<String>>(4)? {
+            Some(key) => state.add_key(key),
+            None => {
+                let bytes: Vec<u8> = row.try_get_by_index(3)?;
+                state.add_record(row.try_get_by_index(1)?, row.try_get_by_index(2)?, &bytes);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`remember`] planned on `state` (which it brings up to date): whether
+/// the record was new, and the statements that store it.
+pub(crate) fn remember_in(
+    backend: sea_orm::DatabaseBackend,
+    state: &mut MatchState,
+    profile_id: &str,
+    record: &Record,
+    at_us: i64,
+) -> (bool, Vec<sea_orm::Statement>) {
+    if !matchable(record) {
+        return (false, vec![]);
+    }
+    let fingerprint = record.fingerprint();
+    if let Some(k) = state.kept.iter_mut().find(|k| k.fingerprint == fingerprint) {
+        k.seen_at_us = at_us;
+        let update = crm_runtime::db::stmt(
+            backend,
+            "UPDATE profile_records SET seen_at_us = ? WHERE profile_id = ? AND fingerprint = ?",
+            vec![at_us.into(), profile_id.into(), fingerprint.into()],
+        );
+        return (false, vec![update]);
+    }
+    let mut statements = vec![crm_runtime::db::stmt(
+        backend,
+        "INSERT INTO profile_records (seen_at_us, profile_id, fingerprint, record) VALUES (?, ?, ?, ?)",
+        vec![at_us.into(), profile_id.into(), fingerprint.into(), record.to_bytes().into()],
+    )];
+    state.kept.push(Kept { fingerprint, seen_at_us: at_us, record: Some(record.clone()) });
+    // Only the most recently seen records stay.
+    let mut told: Vec<(i64, i64)> =
+        state.kept.iter().filter(|k| k.fingerprint != VIEW).map(|k| (k.seen_at_us, k.fingerprint)).collect();
+    if told.len() as i64 > MAX_RECORDS {
+        told.sort_unstable_by(|a, b| b.cmp(a));
+        let gone: Vec<i64> = told[MAX_RECORDS as usize..].iter().map(|(_, f)| *f).collect();
+        state.kept.retain(|k| !gone.contains(&k.fingerprint));
+        let marks = vec!["?"; gone.len()].join(", ");
+        let mut values = vec![profile_id.into()];
+        values.extend(gone.iter().map(|f| (*f).into()));
+        statements.push(crm_runtime::db::stmt(
+            backend,
+            &format!("DELETE FROM profile_records WHERE profile_id = ? AND fingerprint IN ({marks})"),
+            values,
+        ));
+    }
+    (true, statements)
 }
 
 /// Every record kept for `profile_id` (its view and what it was told).
@@ -208,25 +308,31 @@ pub async fn records_of<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> Res
 /// stay under its id, which resolves to the survivor, so an unmerge needs
 /// no re-indexing beyond the two profiles' views.
 pub async fn index_profile<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> Result<(), DbErr> {
-    let backend = c.get_database_backend();
+    let mut states = match_states(c, std::slice::from_ref(&profile.id)).await?;
+    let state = states.remove(&profile.id).unwrap_or_default();
+    for s in index_in(c.get_database_backend(), profile, &state) {
+        c.execute_raw(s).await?;
+    }
+    Ok(())
+}
+
+/// [`index_profile`] planned on what matching keeps of the profile: the
+/// statements that bring it up to date.
+pub(crate) fn index_in(
+    backend: sea_orm::DatabaseBackend,
+    profile: &pb::Profile,
+    state: &MatchState,
+) -> Vec<sea_orm::Statement> {
     let id = profile.id.as_str();
     let view = record_of(profile);
+    let mut statements = Vec::new();
     let mut stored_view = None;
     let mut told = Vec::new();
-    let rows = c
-        .query_all_raw(crm_runtime::db::stmt(
-            backend,
-            "SELECT fingerprint, record FROM profile_records WHERE profile_id = ?",
-            vec![id.into()],
-        ))
-        .await?;
-    for row in rows {
-        let fingerprint: i64 = row.try_get_by_index(0)?;
-        let bytes: Vec<u8> = row.try_get_by_index(1)?;
+    for k in &state.kept {
         // A record that does not decode is left out: it only narrows the
         // evidence.
-        match (fingerprint == VIEW, Record::from_bytes(&bytes)) {
-            (true, record) => stored_view = Some(record),
+        match (k.fingerprint == VIEW, &k.record) {
+            (true, record) => stored_view = Some(record.clone()),
             (false, Some(record)) => told.push(record),
             (false, None) => {}
         }
@@ -236,51 +342,39 @@ pub async fn index_profile<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> 
     let keep_view = matchable(&view) && !told.iter().any(|r| r.fingerprint() == view.fingerprint());
     match (stored_view, keep_view) {
         (Some(Some(old)), true) if old == view => {}
-        (_, true) => {
-            c.execute_raw(crm_runtime::db::stmt(
-                backend,
-                "INSERT INTO profile_records (profile_id, fingerprint, seen_at_us, record) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (profile_id, fingerprint) DO UPDATE SET seen_at_us = excluded.seen_at_us, record = excluded.record",
-                vec![id.into(), VIEW.into(), now().timestamp_micros().into(), view.to_bytes().into()],
-            ))
-            .await?;
-        }
-        (Some(_), false) => {
-            c.execute_raw(crm_runtime::db::stmt(
-                backend,
-                "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint = ?",
-                vec![id.into(), VIEW.into()],
-            ))
-            .await?;
-        }
+        (_, true) => statements.push(crm_runtime::db::stmt(
+            backend,
+            "INSERT INTO profile_records (profile_id, fingerprint, seen_at_us, record) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (profile_id, fingerprint) DO UPDATE SET seen_at_us = excluded.seen_at_us, record = excluded.record",
+            vec![id.into(), VIEW.into(), now().timestamp_micros().into(), view.to_bytes().into()],
+        )),
+        (Some(_), false) => statements.push(crm_runtime::db::stmt(
+            backend,
+            "DELETE FROM profile_records WHERE profile_id = ? AND fingerprint = ?",
+            vec![id.into(), VIEW.into()],
+        )),
         (None, false) => {}
     }
 
-    let wanted: BTreeSet<String> =
-        told.iter().chain(std::iter::once(&view)).filter(|r| matchable(r)).flat_map(matching::blocking_keys).collect();
-    let held: BTreeSet<String> = c
-        .query_all_raw(crm_runtime::db::stmt(
-            backend,
-            "SELECT key FROM blocking_keys WHERE profile_id = ?",
-            vec![id.into()],
-        ))
-        .await?
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0))
-        .collect::<Result<_, _>>()?;
+    let wanted: BTreeSet<String> = told
+        .into_iter()
+        .chain(std::iter::once(&view))
+        .filter(|r| matchable(r))
+        .flat_map(matching::blocking_keys)
+        .collect();
+    let held = &state.keys;
     let stale: Vec<&String> = held.difference(&wanted).collect();
     for chunk in stale.chunks(200) {
         let marks = vec!["?"; chunk.len()].join(", ");
         let mut values = vec![id.into()];
         values.extend(chunk.iter().map(|k| (*k).clone().into()));
-        c.execute_raw(crm_runtime::db::stmt(
+        statements.push(crm_runtime::db::stmt(
             backend,
             &format!("DELETE FROM blocking_keys WHERE profile_id = ? AND key IN ({marks})"),
             values,
-        ))
-        .await?;
+        ));
     }
-    let fresh: Vec<&String> = wanted.difference(&held).collect();
+    let fresh: Vec<&String> = wanted.difference(held).collect();
     for chunk in fresh.chunks(200) {
         let rows = vec!["(?, ?)"; chunk.len()].join(", ");
         let mut values = Vec::with_capacity(chunk.len() * 2);
@@ -288,16 +382,15 @@ pub async fn index_profile<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> 
             values.push((*key).clone().into());
             values.push(id.into());
         }
-        c.execute_raw(crm_runtime::db::stmt(
+        statements.push(crm_runtime::db::stmt(
             backend,
             &format!(
                 "INSERT INTO blocking_keys (key, profile_id) VALUES {rows} ON CONFLICT (key, profile_id) DO NOTHING"
             ),
             values,
-        ))
-        .await?;
+        ));
     }
-    Ok(())
+    statements
 }
 
 /// Forget everything matching keeps of a profile (erased).
@@ -320,44 +413,78 @@ pub struct Candidate {
 
 /// Live profiles sharing a blocking key with `record`, skipping keys whose
 /// block is larger than `MAX_BLOCK`. Keys of a merged-away profile count
-/// for its survivor; erased profiles have none.
+/// for its survivor; erased profiles have none. Two round trips: the
+/// blocks (each read in key order no further than tells it is too large:
+/// an index range scan whatever the planner knows of the table), then the
+/// records kept for their profiles with whether each profile is live.
 pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Vec<Candidate>, DbErr> {
-    let keys = matching::blocking_keys(record);
+    use crate::store::status;
+    let keys: BTreeSet<String> = matching::blocking_keys(record).into_iter().collect();
     if keys.is_empty() {
         return Ok(vec![]);
     }
     let backend = c.get_database_backend();
-    let marks = vec!["?"; keys.len()].join(", ");
-    let sizes = c
-        .query_all_raw(crm_runtime::db::stmt(
-            backend,
-            &format!("SELECT key, COUNT(*) FROM blocking_keys WHERE key IN ({marks}) GROUP BY key"),
-            keys.iter().map(|k| k.clone().into()).collect(),
-        ))
-        .await?;
-    let mut usable = Vec::new();
-    for row in sizes {
-        let key: String = row.try_get_by_index(0)?;
-        let n: i64 = row.try_get_by_index(1)?;
-        if n <= MAX_BLOCK {
-            usable.push(key);
-        }
+    let blocks = (0..keys.len())
+        .map(|i| {
+            format!(
+                "SELECT key, profile_id FROM \
+                 (SELECT key, profile_id FROM blocking_keys WHERE key = ? ORDER BY profile_id LIMIT ?) AS b{i}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keys.len() * 2);
+    for k in &keys {
+        values.push(k.clone().into());
+        values.push((MAX_BLOCK + 1).into());
     }
-    if usable.is_empty() {
+    let rows = c.query_all_raw(crm_runtime::db::stmt(backend, &blocks, values)).await?;
+    let mut members: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for row in rows {
+        let key: String = row.try_get_by_index(0)?;
+        members.entry(key).or_default().push(row.try_get_by_index(1)?);
+    }
+    let origins: BTreeSet<String> = members.into_values().filter(|m| m.len() as i64 <= MAX_BLOCK).flatten().collect();
+    if origins.is_empty() {
         return Ok(vec![]);
     }
-    let marks = vec!["?"; usable.len()].join(", ");
+    let origins: Vec<String> = origins.into_iter().collect();
+    let marks = vec!["?"; origins.len()].join(", ");
     let rows = c
         .query_all_raw(crm_runtime::db::stmt(
             backend,
-            &format!("SELECT DISTINCT profile_id FROM blocking_keys WHERE key IN ({marks}) ORDER BY profile_id"),
-            usable.into_iter().map(Into::into).collect(),
+            &format!(
+                "SELECT r.profile_id, r.record, p.status, p.merged_into FROM profile_records r \
+                 JOIN profiles p ON p.id = r.profile_id WHERE r.profile_id IN ({marks}) \
+                 ORDER BY r.profile_id, r.fingerprint"
+            ),
+            origins.iter().map(|i| i.clone().into()).collect(),
         ))
         .await?;
-    let origins: Vec<String> = rows.iter().map(|r| r.try_get_by_index::<String>(0)).collect::<Result<_, _>>()?;
-    let live = live_ids(c, &origins).await?;
+    let mut kept: Vec<(String, Record)> = Vec::with_capacity(rows.len());
+    let mut live: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut merged: Vec<String> = Vec::new();
+    for row in rows {
+        let id: String = row.try_get_by_index(0)?;
+        let bytes: Vec<u8> = row.try_get_by_index(1)?;
+        let st: i32 = row.try_get_by_index(2)?;
+        let into: Option<String> = row.try_get_by_index(3)?;
+        match (st, into) {
+            (status::ACTIVE, _) => {
+                live.insert(id.clone(), id.clone());
+            }
+            (status::MERGED, Some(_)) if !merged.contains(&id) => merged.push(id.clone()),
+            _ => {}
+        }
+        // A record that does not decode is skipped, not fatal: it only
+        // narrows the evidence.
+        if let Some(r) = Record::from_bytes(&bytes) {
+            kept.push((id, r));
+        }
+    }
+    live.extend(live_ids(c, &merged).await?);
     let mut grouped: std::collections::BTreeMap<String, Vec<Record>> = std::collections::BTreeMap::new();
-    for (origin, record) in records_of_ids(c, &origins).await? {
+    for (origin, record) in kept {
         if let Some(l) = live.get(&origin) {
             grouped.entry(l.clone()).or_default().push(record);
         }

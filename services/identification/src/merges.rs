@@ -73,13 +73,30 @@ pub async fn journal(
         .await?
         .is_some();
     if standing && sequence > 0 {
-        tx.execute_raw(tx.stmt(
-            "INSERT INTO profile_journal (profile_id, sequence, arrived_with, entry) VALUES (?, ?, ?, ?)",
-            vec![profile_id.into(), sequence.into(), arrived_with.map(key).into(), entry.encode_to_vec().into()],
-        ))
-        .await?;
+        tx.execute_raw(journal_statement(tx, profile_id, sequence, arrived_with, entry)).await?;
     }
     Ok(())
+}
+
+/// The statement that journals a change to `profile_id` at `sequence`,
+/// for a caller that knows a merge into it stands (see [`standing_merges`]).
+pub(crate) fn journal_statement(
+    tx: &WriteTxn,
+    profile_id: &str,
+    sequence: i64,
+    arrived_with: Option<&Normalized>,
+    entry: &JournalEntry,
+) -> sea_orm::Statement {
+    tx.stmt(
+        "INSERT INTO profile_journal (profile_id, sequence, arrived_with, entry) VALUES (?, ?, ?, ?)",
+        vec![profile_id.into(), sequence.into(), arrived_with.map(key).into(), entry.encode_to_vec().into()],
+    )
+}
+
+/// A column expression counting the merges into the profile `p` that
+/// stand, and the value it binds: for reading it with the profile's row.
+pub(crate) fn standing_merges() -> (&'static str, i32) {
+    ("(SELECT COUNT(*) FROM merges m WHERE m.surviving_id = p.id AND m.status = ?)", merge_status::ACTIVE)
 }
 
 /// Merge `merged_id` into `surviving_id`.

@@ -3,6 +3,8 @@
 //! record (`body`, the encoded `Profile` without identifiers, which live
 //! in their own table under a unique key).
 
+use std::sync::Arc;
+
 use crm_proto::identification::v1::{self as pb, MatchExplanation, MatchMethod, ProfileEvent, profile_event::Kind};
 use crm_runtime::{
     db::{Store, WriteTxn},
@@ -15,8 +17,8 @@ use crm_runtime::{
 };
 use prost::Message;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Statement, sea_query::Expr,
 };
 
 use crate::{
@@ -173,53 +175,160 @@ pub async fn get_profile(store: &Store, id: &str) -> Result<pb::Profile, Runtime
 
 /// Resolve a touchpoint's identifiers to one profile (ID-3, deterministic):
 /// an identifier already held names the profile; otherwise a prospect is
-/// created. Concurrent resolves of the same new person create one profile:
-/// the loser of the race hits the identifier's unique key, rolls back and
-/// resolves again, now finding the winner's profile.
+/// created. The resolve is one group-committed write (see
+/// `Store::group_commit`): it reads the identifiers' holders and the
+/// candidates and decides inside the write, so a write queued after it in
+/// the same batch sees what it did. Concurrent resolves of the same new
+/// person create one profile: a store's group-committed writes run one
+/// after the other, and should another writer (another replica) insert
+/// the identifier first, the resolve hits its unique key, rolls back alone
+/// and resolves again, now finding the winner's profile.
 pub async fn resolve(
     store: &Store,
     matcher: &Matcher,
-    cmd: &ResolveCommand,
+    cmd: Arc<ResolveCommand>,
 ) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match resolve_once(store, matcher, cmd).await {
+        let (m, c) = (matcher.clone(), Arc::clone(&cmd));
+        let outcome = store.group_commit(move |tx| Box::pin(resolve_in(tx, m.clone(), Arc::clone(&c)))).await;
+        match outcome {
             Err(RuntimeError::Database(e)) if attempt < 3 && RuntimeError::is_unique_violation(&e) => continue,
             other => return other,
         }
     }
 }
 
-async fn resolve_once(
-    store: &Store,
-    matcher: &Matcher,
-    cmd: &ResolveCommand,
+/// What a resolve reads of the profiles it may settle on: every
+/// identifier they hold (oldest first), their rows (each with whether a
+/// merge into it stands: its changes are journaled then), and what
+/// matching keeps of them.
+#[derive(Default)]
+struct Holdings {
+    identifiers: Vec<identifiers::Model>,
+    rows: std::collections::HashMap<String, (profiles::Model, bool)>,
+    states: std::collections::HashMap<String, matcher::MatchState>,
+}
+
+/// Read the [`Holdings`] of the profiles `holders` selects (SQL yielding
+/// profile ids, bound to `values`) in one round trip: one statement, its
+/// parts told apart by their first column.
+async fn holdings(tx: &WriteTxn, holders: &str, mut values: Vec<sea_orm::Value>) -> Result<Holdings, RuntimeError> {
+    let (standing, active) = crate::merges::standing_merges();
+    values.push(active.into());
+    // The first part types every column for both backends; integers are
+    // read as BIGINT.
+    let sql = format!(
+        "WITH h AS ({holders}) \
+         SELECT CAST(0 AS BIGINT), i.profile_id, CAST(i.kind AS BIGINT), i.created_at_us, i.last_seen_at_us, \
+         CAST(i.source_channel AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), i.namespace, i.value, \
+         CAST(NULL AS TEXT), NULL FROM identifiers i WHERE i.profile_id IN (SELECT profile_id FROM h) \
+         UNION ALL SELECT 1, p.id, p.status, p.lifecycle_stage, p.created_at_us, p.updated_at_us, p.version, \
+         {standing}, p.target_group, p.trait_keys, p.merged_into, p.body \
+         FROM profiles p WHERE p.id IN (SELECT profile_id FROM h) \
+         UNION ALL SELECT 2, r.profile_id, r.fingerprint, r.seen_at_us, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+         r.record FROM profile_records r WHERE r.profile_id IN (SELECT profile_id FROM h) \
+         UNION ALL SELECT 3, k.profile_id, NULL, NULL, NULL, NULL, NULL, NULL, k.key, NULL, NULL, NULL \
+         FROM blocking_keys k WHERE k.profile_id IN (SELECT profile_id FROM h)"
+    );
+    let mut out = Holdings::default();
+    for r in tx.query_all_raw(tx.stmt(&sql, values)).await? {
+        let part: i64 = r.try_get_by_index(0)?;
+        let profile_id: String = r.try_get_by_index(1)?;
+        let int = |i: usize| r.try_get_by_index::<i64>(i);
+        match part {
+            0 => out.identifiers.push(identifiers::Model {
+                kind: int(2)? as i32,
+                namespace: r.try_get_by_index(8)?,
+                value: r.try_get_by_index(9)?,
+                profile_id,
+                created_at_us: int(3)?,
+                last_seen_at_us: int(4)?,
+                source_channel: int(5)? as i32,
+            }),
+            1 => {
+                let row = profiles::Model {
+                    id: profile_id.clone(),
+                    status: int(2)? as i32,
+                    lifecycle_stage: int(3)? as i32,
+                    target_group: r.try_get_by_index(8)?,
+                    created_at_us: int(4)?,
+                    updated_at_us: int(5)?,
+                    version: int(6)?,
+                    body: r.try_get_by_index(11)?,
+                    trait_keys: r.try_get_by_index(9)?,
+                    merged_into: r.try_get_by_index(10)?,
+                };
+                out.rows.insert(profile_id, (row, int(7)? > 0));
+            }
+            2 => {
+                let bytes: Vec<u8> = r.try_get_by_index(11)?;
+                out.states.entry(profile_id).or_default().add_record(int(2)?, int(3)?, &bytes);
+            }
+            _ => out.states.entry(profile_id).or_default().add_key(r.try_get_by_index(8)?),
+        }
+    }
+    // Oldest first; those of the same time in the order stored.
+    out.identifiers.sort_by_key(|i| i.created_at_us);
+    Ok(out)
+}
+
+/// The [`Holdings`] of the profiles holding any of `ids`.
+async fn holdings_of_identifiers(tx: &WriteTxn, ids: &[Normalized]) -> Result<Holdings, RuntimeError> {
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(ids.len() * 3);
+    let mut any = Vec::with_capacity(ids.len());
+    for n in ids {
+        any.push("(kind = ? AND namespace = ? AND value = ?)");
+        values.extend([(n.kind as i32).into(), n.namespace.clone().into(), n.value.clone().into()]);
+    }
+    let any = if any.is_empty() { "1 = 0".to_owned() } else { any.join(" OR ") };
+    holdings(tx, &format!("SELECT profile_id FROM identifiers WHERE {any}"), values).await
+}
+
+fn normalized_of_row(r: &identifiers::Model) -> Normalized {
+    Normalized { kind: domain::identifier_type(r.kind), namespace: r.namespace.clone(), value: r.value.clone() }
+}
+
+fn same_identifier(r: &identifiers::Model, n: &Normalized) -> bool {
+    r.kind == n.kind as i32 && r.namespace == n.namespace && r.value == n.value
+}
+
+/// A profile as the API shows it: its row's body with the identifiers
+/// `held` lists for it, in their order.
+fn profile_with(row: &profiles::Model, held: &[identifiers::Model]) -> Result<pb::Profile, RuntimeError> {
+    let mut profile = decode_profile(row)?;
+    profile.identifiers = held.iter().filter(|i| i.profile_id == row.id).cloned().map(identifier_from_row).collect();
+    Ok(profile)
+}
+
+/// ResolveIdentity's work in `tx`. What it writes and nothing in it reads
+/// back is deferred to the end of the write (`WriteTxn::defer`): on SQLite
+/// one round trip; what it reads comes in a handful of round trips.
+async fn resolve_in(
+    tx: &mut WriteTxn,
+    matcher: Matcher,
+    cmd: Arc<ResolveCommand>,
 ) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
     const SCOPE: &str = "ResolveIdentity";
-    let mut tx = store.begin_write().await?;
-    if let Claim::Replay(r) = idempotency::claim(&tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
-        tx.rollback().await?;
+    if let Claim::Replay(r) = idempotency::claim(tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
         return Ok(r);
     }
     let at = now();
     let at_us = at.timestamp_micros();
+    let backend = tx.get_database_backend();
 
-    let owned = identifiers::Entity::find()
-        .filter(cmd.identifiers.iter().fold(Condition::any(), |c, n| c.add(id_condition(n))))
-        .all(&*tx)
-        .await?;
+    let Holdings { identifiers: mut holders, mut rows, mut states } =
+        holdings_of_identifiers(tx, &cmd.identifiers).await?;
     let matches: Vec<(Normalized, String)> = cmd
         .identifiers
         .iter()
-        .filter_map(|n| {
-            owned
-                .iter()
-                .find(|o| o.kind == n.kind as i32 && o.namespace == n.namespace && o.value == n.value)
-                .map(|o| (n.clone(), o.profile_id.clone()))
-        })
+        .filter_map(|n| holders.iter().find(|o| same_identifier(o, n)).map(|o| (n.clone(), o.profile_id.clone())))
         .collect();
     let unowned: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| !matches.iter().any(|(m, _)| m == *n)).collect();
+    let held_by = |holders: &[identifiers::Model], id: &str| -> Vec<Normalized> {
+        holders.iter().filter(|r| r.profile_id == id).map(normalized_of_row).collect()
+    };
 
     // The strongest identifier decides, unless the touchpoint carries a
     // single-valued identifier (a customer number) that contradicts the
@@ -237,15 +346,19 @@ async fn resolve_once(
         if excluded.contains(profile_id) || household.contains(profile_id) {
             continue;
         }
-        let held = held_identifiers(&*tx, profile_id).await?;
+        let held = held_by(&holders, profile_id);
         if unowned.iter().any(|n| domain::profile::contradicts(&held, n)) {
             excluded.push(profile_id.clone());
             continue;
         }
         if matcher::shareable(matched.kind)
-            && let Some(profile) = load_profile(&*tx, profile_id).await?
+            && let Some((row, _)) = rows.get(profile_id)
         {
-            let records = matcher::records_of(&*tx, &profile).await?;
+            let profile = profile_with(row, &holders)?;
+            let records = match states.get(profile_id) {
+                Some(state) => state.records(&profile),
+                None => vec![matcher::record_of(&profile)],
+            };
             if records.iter().all(|r| matching::contradicts_person(&touch_record, r)) {
                 household.push(profile_id.clone());
                 continue;
@@ -273,11 +386,11 @@ async fn resolve_once(
     if chosen.is_none() {
         let record = &touch_record;
         if matcher::matchable(record) {
-            let (_, model) = matcher.active(&*tx).await?;
+            let (_, model) = matcher.active(&**tx).await?;
             let mut best: Option<(String, matching::Scored)> = None;
             // Each candidate is compared by every record kept for it; its
             // best agreement counts.
-            for candidate in matcher::candidates(&*tx, record).await? {
+            for candidate in matcher::candidates(&**tx, record).await? {
                 if excluded.contains(&candidate.profile_id) {
                     continue;
                 }
@@ -295,8 +408,18 @@ async fn resolve_once(
                 let explanation = matcher::explain(&scored);
                 match model.decide(&scored) {
                     matching::Decision::Link => {
-                        let held = held_identifiers(&*tx, &candidate).await?;
+                        let theirs = holdings(
+                            tx,
+                            "SELECT id AS profile_id FROM profiles WHERE id = ?",
+                            vec![candidate.clone().into()],
+                        )
+                        .await?;
+                        holders.retain(|h| h.profile_id != candidate);
+                        holders.extend(theirs.identifiers);
+                        let held = held_by(&holders, &candidate);
                         if !unowned.iter().any(|n| domain::profile::contradicts(&held, n)) {
+                            rows.extend(theirs.rows);
+                            states.extend(theirs.states);
                             chosen = Some(Target {
                                 profile_id: candidate,
                                 held,
@@ -313,7 +436,6 @@ async fn resolve_once(
         }
     }
 
-    let mut sequence = 0;
     let response = match chosen {
         None => {
             let (unowned, _) = domain::profile::within_limits(&[], &unowned);
@@ -332,7 +454,7 @@ async fn resolve_once(
             };
             domain::apply_attributes(&mut profile, &cmd.attributes);
             let target_group = cmd.acquisition.target_group.clone();
-            profiles::Entity::insert(profiles::ActiveModel {
+            let insert = profiles::Entity::insert(profiles::ActiveModel {
                 id: Set(profile.id.clone()),
                 status: Set(status::ACTIVE),
                 lifecycle_stage: Set(profile.lifecycle_stage),
@@ -344,13 +466,14 @@ async fn resolve_once(
                 trait_keys: Set(trait_keys(&profile)),
                 merged_into: Set(None),
             })
-            .exec_without_returning(&*tx)
-            .await?;
-            insert_identifiers(&tx, &profile.id, &unowned, cmd.channel as i32, at_us).await?;
-            let profile = load_profile(&*tx, &profile.id)
-                .await?
-                .ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?;
-            let (seq, _) = tx
+            .build(backend);
+            tx.defer(insert);
+            let new_rows = identifier_rows(&profile.id, &unowned, cmd.channel as i32, at_us);
+            if let Some(insert) = insert_identifiers_statement(backend, &new_rows) {
+                tx.defer(insert);
+            }
+            profile.identifiers = new_rows.into_iter().map(identifier_from_row).collect();
+            let (sequence, _) = tx
                 .append_with(&profile.id, |s| {
                     event(
                         s,
@@ -360,14 +483,16 @@ async fn resolve_once(
                     )
                 })
                 .await?;
-            sequence = seq;
-            matcher::remember(&*tx, &profile.id, &touch_record, at_us).await?;
-            matcher::index_profile(&*tx, &profile).await?;
+            let mut state = matcher::MatchState::default();
+            let (_, remembered) = matcher::remember_in(backend, &mut state, &profile.id, &touch_record, at_us);
+            for s in remembered.into_iter().chain(matcher::index_in(backend, &profile, &state)) {
+                tx.defer(s);
+            }
             // Why it was not linked: the closest candidate's weights, if any.
             let why = review.as_ref().map(|(_, e)| e.clone()).or(near_miss).unwrap_or_default();
             let explanation = MatchExplanation { method: MatchMethod::Created as i32, ..why };
             let review_item_id = match &review {
-                Some((existing, evidence)) => open_review(&tx, existing, &profile.id, evidence).await?,
+                Some((existing, evidence)) => open_review(tx, existing, &profile.id, evidence),
                 None => String::new(),
             };
             pb::ResolveIdentityResponse {
@@ -382,10 +507,8 @@ async fn resolve_once(
         Some(Target { profile_id, held, arrived_with, explanation, confidence }) => {
             // Beyond a type's limit, new identifiers are not attached.
             let (unowned, _) = domain::profile::within_limits(&held, &unowned);
-            let row = profiles::Entity::find_by_id(profile_id.clone())
-                .one(&*tx)
-                .await?
-                .ok_or_else(|| RuntimeError::Internal("identifier without profile".into()))?;
+            let (row, standing) =
+                rows.remove(&profile_id).ok_or_else(|| RuntimeError::Internal("identifier without profile".into()))?;
             let mut profile = decode_profile(&row)?;
             // Recognised by an identifier: what the person says now wins. By
             // probabilistic evidence only: fill what the profile lacks.
@@ -394,18 +517,66 @@ async fn resolve_once(
             } else {
                 domain::fill_attributes(&mut profile, &cmd.attributes)
             };
-            // Seen again: every identifier of this profile used here.
-            for (n, _) in matches.iter().filter(|(_, p)| *p == profile_id) {
-                identifiers::Entity::update_many()
-                    .col_expr(identifiers::Column::LastSeenAtUs, Expr::value(at_us))
-                    .filter(id_condition(n))
-                    .exec(&*tx)
-                    .await?;
+            // Stitching: an anonymous profile (cookies, devices only) seen in
+            // this touchpoint is this person, now that they have identified
+            // themselves: it is merged in, undoably, like any merge.
+            let mut stitch: Vec<&String> = Vec::new();
+            if arrived_with.as_ref().is_some_and(|m| !domain::normalize::is_anonymous(m.kind)) {
+                for (n, owner) in &matches {
+                    if *owner == profile_id || !domain::normalize::is_anonymous(n.kind) || stitch.contains(&owner) {
+                        continue;
+                    }
+                    if domain::all_anonymous(&held_by(&holders, owner)) {
+                        stitch.push(owner);
+                    }
+                }
             }
-            insert_identifiers(&tx, &profile_id, &unowned, cmd.channel as i32, at_us).await?;
+            // The merge reads what this write wrote before it: then the
+            // writes run at once, otherwise at the end of the write.
+            let mut writes: Vec<Statement> = Vec::new();
+            // Seen again: every identifier of this profile used here.
+            let mut ids: Vec<identifiers::Model> =
+                holders.iter().filter(|h| h.profile_id == profile_id).cloned().collect();
+            for (n, _) in matches.iter().filter(|(_, p)| *p == profile_id) {
+                writes.push(
+                    identifiers::Entity::update_many()
+                        .col_expr(identifiers::Column::LastSeenAtUs, Expr::value(at_us))
+                        .filter(id_condition(n))
+                        .build(backend),
+                );
+                for i in ids.iter_mut().filter(|i| same_identifier(i, n)) {
+                    i.last_seen_at_us = at_us;
+                }
+            }
+            let new_rows = identifier_rows(&profile_id, &unowned, cmd.channel as i32, at_us);
+            writes.extend(insert_identifiers_statement(backend, &new_rows));
+            ids.extend(new_rows);
+            let with_identifiers = |mut p: pb::Profile| {
+                p.identifiers = ids.iter().cloned().map(identifier_from_row).collect();
+                p
+            };
+            let mut sequence = 0;
             let mut full = None;
             if !changed.is_empty() {
-                let (updated, seq) = save_update(&mut tx, &row, profile, changed, at).await?;
+                let version = row.version + 1;
+                profile.update_time = Some(to_timestamp(at));
+                profile.etag = version.to_string();
+                writes.push(update_statement(backend, &row.id, version, &profile, at_us));
+                let updated = with_identifiers(profile);
+                let fields: Vec<String> = changed.iter().map(|s| (*s).to_owned()).collect();
+                let (seq, _) = tx
+                    .append_with(&row.id, |s| {
+                        event(
+                            s,
+                            at,
+                            &row.id,
+                            Kind::ProfileUpdated(pb::ProfileUpdated {
+                                profile: Some(updated.clone()),
+                                changed_fields: fields,
+                            }),
+                        )
+                    })
+                    .await?;
                 full = Some(updated);
                 sequence = seq;
             }
@@ -423,41 +594,56 @@ async fn resolve_once(
                     .await?;
                 sequence = seq;
             }
-            let entry = crate::merges::JournalEntry {
-                attributes: Some(cmd.attributes.clone()),
-                identifiers: unowned.iter().map(|n| to_pb_identifier(n)).collect(),
-                ..Default::default()
-            };
-            crate::merges::journal(&tx, &profile_id, sequence, arrived_with.as_ref(), &entry).await?;
-            // Stitching: an anonymous profile (cookies, devices only) seen in
-            // this touchpoint is this person, now that they have identified
-            // themselves: it is merged in, undoably, like any merge.
-            if arrived_with.as_ref().is_some_and(|m| !domain::normalize::is_anonymous(m.kind)) {
-                let mut stitched: Vec<&String> = Vec::new();
-                for (n, owner) in &matches {
-                    if *owner == profile_id || !domain::normalize::is_anonymous(n.kind) || stitched.contains(&owner) {
-                        continue;
-                    }
-                    if domain::all_anonymous(&held_identifiers(&*tx, owner).await?) {
-                        let s_row = live_row(&*tx, &profile_id).await?;
-                        let q_row = live_row(&*tx, owner).await?;
-                        let (p, _, seq) = crate::merges::merge_in(&mut tx, &s_row, &q_row).await?;
-                        full = Some(p);
-                        sequence = seq;
-                        stitched.push(owner);
+            if standing && sequence > 0 {
+                let entry = crate::merges::JournalEntry {
+                    attributes: Some(cmd.attributes.clone()),
+                    identifiers: unowned.iter().map(|n| to_pb_identifier(n)).collect(),
+                    ..Default::default()
+                };
+                writes.push(crate::merges::journal_statement(tx, &profile_id, sequence, arrived_with.as_ref(), &entry));
+            }
+            let full = if stitch.is_empty() {
+                for w in writes {
+                    tx.defer(w);
+                }
+                let full = match full {
+                    Some(f) => f,
+                    None => with_identifiers(decode_profile(&row)?),
+                };
+                let mut state = states.remove(&profile_id).unwrap_or_default();
+                let (told, remembered) = matcher::remember_in(backend, &mut state, &profile_id, &touch_record, at_us);
+                for s in remembered {
+                    tx.defer(s);
+                }
+                if sequence > 0 || told {
+                    for s in matcher::index_in(backend, &full, &state) {
+                        tx.defer(s);
                     }
                 }
-            }
-            let full = match full {
-                Some(f) => f,
-                None => load_profile(&*tx, &profile_id)
-                    .await?
-                    .ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?,
+                full
+            } else {
+                for w in writes {
+                    tx.execute_raw(w).await?;
+                }
+                for owner in stitch {
+                    let s_row = live_row(&**tx, &profile_id).await?;
+                    let q_row = live_row(&**tx, owner).await?;
+                    let (p, _, seq) = crate::merges::merge_in(tx, &s_row, &q_row).await?;
+                    full = Some(p);
+                    sequence = seq;
+                }
+                let full = match full {
+                    Some(f) => f,
+                    None => load_profile(&**tx, &profile_id)
+                        .await?
+                        .ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?,
+                };
+                let told = matcher::remember(&**tx, &profile_id, &touch_record, at_us).await?;
+                if sequence > 0 || told {
+                    matcher::index_profile(&**tx, &full).await?;
+                }
+                full
             };
-            let told = matcher::remember(&*tx, &profile_id, &touch_record, at_us).await?;
-            if sequence > 0 || told {
-                matcher::index_profile(&*tx, &full).await?;
-            }
             pb::ResolveIdentityResponse {
                 profile: Some(full),
                 created: false,
@@ -469,9 +655,9 @@ async fn resolve_once(
         }
     };
     let subject = response.profile.as_ref().map(|p| p.id.clone()).unwrap_or_default();
-    record_decision(&tx, &subject, response.sequence, response.explanation.as_ref()).await?;
-    idempotency::complete_for(&tx, SCOPE, &cmd.request_id, &subject, &response).await?;
-    tx.commit().await?;
+    let decision = decision_statement(tx, &subject, response.sequence, response.explanation.as_ref());
+    tx.defer(decision);
+    tx.complete_later(SCOPE, &cmd.request_id, &subject, &response);
     Ok(response)
 }
 
@@ -485,25 +671,12 @@ struct Target {
     confidence: f64,
 }
 
-/// Queue a review item: is `candidate` the person of `existing`?
-async fn open_review(
-    tx: &WriteTxn,
-    existing: &str,
-    candidate: &str,
-    evidence: &MatchExplanation,
-) -> Result<String, DbErr> {
-    let (low, high) = if existing < candidate { (existing, candidate) } else { (candidate, existing) };
-    let refused = tx
-        .query_one_raw(
-            tx.stmt("SELECT 1 FROM never_match WHERE low_id = ? AND high_id = ?", vec![low.into(), high.into()]),
-        )
-        .await?
-        .is_some();
-    if refused {
-        return Ok(String::new());
-    }
+/// Queue a review item, among the write's deferred statements: is
+/// `candidate`, a profile created by this write, the person of `existing`?
+/// (An operator cannot have refused a pair with a profile just created.)
+fn open_review(tx: &mut WriteTxn, existing: &str, candidate: &str, evidence: &MatchExplanation) -> String {
     let id = new_id();
-    tx.execute_raw(tx.stmt(
+    let insert = tx.stmt(
         "INSERT INTO review_items (id, profile_id, candidate_profile_id, status, explanation, created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
         vec![
             id.clone().into(),
@@ -513,9 +686,9 @@ async fn open_review(
             evidence.encode_to_vec().into(),
             now().timestamp_micros().into(),
         ],
-    ))
-    .await?;
-    Ok(id)
+    );
+    tx.defer(insert);
+    id
 }
 
 /// Review item status codes.
@@ -557,15 +730,16 @@ pub async fn all_records(store: &Store) -> Result<Vec<matching::Record>, Runtime
     Ok(out)
 }
 
-/// Keep the explanation of a resolve's decision with the profile it chose.
-pub(crate) async fn record_decision(
+/// The statement that keeps the explanation of a resolve's decision with
+/// the profile it chose.
+fn decision_statement(
     tx: &WriteTxn,
     profile_id: &str,
     sequence: i64,
     explanation: Option<&MatchExplanation>,
-) -> Result<(), DbErr> {
+) -> Statement {
     let explanation = explanation.cloned().unwrap_or_default();
-    tx.execute_raw(tx.stmt(
+    tx.stmt(
         "INSERT INTO match_decisions (id, sequence, profile_id, method, explanation, created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
         vec![
             new_id().into(),
@@ -575,9 +749,7 @@ pub(crate) async fn record_decision(
             explanation.encode_to_vec().into(),
             now().timestamp_micros().into(),
         ],
-    ))
-    .await?;
-    Ok(())
+    )
 }
 
 /// Delete what matching holds about an erased profile.
@@ -607,20 +779,51 @@ pub(crate) async fn insert_identifiers(
     channel: i32,
     at_us: i64,
 ) -> Result<(), RuntimeError> {
-    if ids.is_empty() {
-        return Ok(());
+    let rows = identifier_rows(profile_id, ids, channel, at_us);
+    if let Some(insert) = insert_identifiers_statement(tx.get_database_backend(), &rows) {
+        tx.execute_raw(insert).await?;
     }
-    let rows = ids.iter().map(|n| identifiers::ActiveModel {
-        kind: Set(n.kind as i32),
-        namespace: Set(n.namespace.clone()),
-        value: Set(n.value.clone()),
-        profile_id: Set(profile_id.to_owned()),
-        created_at_us: Set(at_us),
-        last_seen_at_us: Set(at_us),
-        source_channel: Set(channel),
-    });
-    identifiers::Entity::insert_many(rows).exec_without_returning(&**tx).await?;
     Ok(())
+}
+
+/// The rows of identifiers attached to `profile_id` now.
+fn identifier_rows(profile_id: &str, ids: &[&Normalized], channel: i32, at_us: i64) -> Vec<identifiers::Model> {
+    ids.iter()
+        .map(|n| identifiers::Model {
+            kind: n.kind as i32,
+            namespace: n.namespace.clone(),
+            value: n.value.clone(),
+            profile_id: profile_id.to_owned(),
+            created_at_us: at_us,
+            last_seen_at_us: at_us,
+            source_channel: channel,
+        })
+        .collect()
+}
+
+/// The statement inserting `rows` (`None` for none).
+fn insert_identifiers_statement(backend: DatabaseBackend, rows: &[identifiers::Model]) -> Option<Statement> {
+    if rows.is_empty() {
+        return None;
+    }
+    let models = rows.iter().cloned().map(identifiers::ActiveModel::from);
+    Some(identifiers::Entity::insert_many(models).build(backend))
+}
+
+/// The statement saving a profile's new body and version.
+fn update_statement(backend: DatabaseBackend, id: &str, version: i64, profile: &pb::Profile, at_us: i64) -> Statement {
+    profiles::Entity::update_many()
+        .col_expr(profiles::Column::Version, Expr::value(version))
+        .col_expr(profiles::Column::UpdatedAtUs, Expr::value(at_us))
+        .col_expr(profiles::Column::LifecycleStage, Expr::value(profile.lifecycle_stage))
+        .col_expr(
+            profiles::Column::TargetGroup,
+            Expr::value(profile.acquisition.as_ref().map(|a| a.target_group.clone()).unwrap_or_default()),
+        )
+        .col_expr(profiles::Column::TraitKeys, Expr::value(trait_keys(profile)))
+        .col_expr(profiles::Column::Body, Expr::value(profile.encode_to_vec()))
+        .filter(profiles::Column::Id.eq(id))
+        .build(backend)
 }
 
 /// A page of live profiles, oldest first, and the next page's token.
@@ -679,18 +882,7 @@ pub(crate) async fn save_update(
     let version = row.version + 1;
     profile.update_time = Some(to_timestamp(at));
     profile.etag = version.to_string();
-    profiles::Entity::update_many()
-        .col_expr(profiles::Column::Version, Expr::value(version))
-        .col_expr(profiles::Column::UpdatedAtUs, Expr::value(at.timestamp_micros()))
-        .col_expr(profiles::Column::LifecycleStage, Expr::value(profile.lifecycle_stage))
-        .col_expr(
-            profiles::Column::TargetGroup,
-            Expr::value(profile.acquisition.as_ref().map(|a| a.target_group.clone()).unwrap_or_default()),
-        )
-        .col_expr(profiles::Column::TraitKeys, Expr::value(trait_keys(&profile)))
-        .col_expr(profiles::Column::Body, Expr::value(profile.encode_to_vec()))
-        .filter(profiles::Column::Id.eq(row.id.as_str()))
-        .exec(&**tx)
+    tx.execute_raw(update_statement(tx.get_database_backend(), &row.id, version, &profile, at.timestamp_micros()))
         .await?;
     let full = load_profile(&**tx, &row.id).await?.ok_or_else(|| RuntimeError::Internal("profile vanished".into()))?;
     matcher::index_profile(&**tx, &full).await?;

@@ -48,12 +48,16 @@ impl People {
 /// in-process services' default).
 const REGION: &str = "ES";
 
-/// What a touchpoint of `r` sends: its attributes, and its e-mail and
-/// phone when they are valid (a corrupted phone may no longer be a number; a
-/// touchpoint would not capture it), or a per-visit cookie (which
+/// What a touchpoint of `r` sends: its attributes, without a birth date
+/// that is no calendar date (a corrupted one; a touchpoint would not
+/// capture it), and its e-mail and phone when they are valid (a corrupted
+/// phone may no longer be a number), or a per-visit cookie (which
 /// identifies no one) when it has neither.
 fn touchpoint(r: &Record, visit: u64) -> (Vec<pb::Identifier>, pb::ProfileAttributes) {
-    let (mut identifiers, attributes) = crm_identification::matcher::touchpoint_of(r);
+    let (mut identifiers, mut attributes) = crm_identification::matcher::touchpoint_of(r);
+    if attributes.birth_date.as_ref().is_some_and(|d| !crm_identification::conversions::is_plausible_birth_date(d)) {
+        attributes.birth_date = None;
+    }
     identifiers.retain(|i| {
         let kind = IdentifierType::try_from(i.r#type).unwrap_or(IdentifierType::Unspecified);
         crm_identification::domain::normalize(kind, "", &i.value, REGION).is_ok()
@@ -250,6 +254,27 @@ mod tests {
             let r = ResolveLane::request(&people, i);
             assert!(!r.identifiers.is_empty());
             assert!(r.attributes.and_then(|a| a.name).is_some());
+        }
+    }
+
+    #[test]
+    fn every_request_is_valid() {
+        let people = People::generate(2_000, 2026);
+        let base = people.originals().iter().enumerate().map(|(i, (_, r))| touchpoint(r, i as u64));
+        let returning = (0..4_000).map(|i| {
+            let req = ResolveLane::request(&people, i);
+            (req.identifiers, req.attributes.unwrap_or_default())
+        });
+        for (identifiers, attributes) in base.chain(returning) {
+            let req = pb::ResolveIdentityRequest {
+                identifiers,
+                attributes: Some(attributes),
+                channel: ContactChannel::Web as i32,
+                ..Default::default()
+            };
+            if let Err(e) = crm_identification::conversions::ResolveCommand::from_request(req.clone(), REGION) {
+                panic!("{req:?} is refused: {e}");
+            }
         }
     }
 }

@@ -923,6 +923,37 @@ async fn a_person_without_a_known_identifier_is_recognised_by_the_evidence() {
     assert!(other.review_item_id.is_empty() || other.profile.as_ref().unwrap().id != original.id);
 }
 
+#[tokio::test]
+async fn concurrent_resolves_of_one_new_person_by_evidence_alone_create_one_profile() {
+    let (_server, client) = spawn_app().await;
+    // No identifier in common: only the evidence tells that it is one person,
+    // so each resolve must see the profile and records of the ones before it.
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let req = touch(
+                    "Jordi",
+                    "Puig Serra",
+                    (1979, 6, 21),
+                    "Carrer Nou 3",
+                    "17004",
+                    &format!("jordi{i}@correu.cat"),
+                );
+                client.resolve_identity(req).await.expect("resolve").into_inner()
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let r = t.await.expect("task");
+        created += usize::from(r.created);
+        ids.insert(r.profile.expect("profile").id);
+    }
+    assert_eq!((ids.len(), created), (1, 1), "one profile, created once");
+}
+
 /// A person and a touchpoint the default model is unsure about (in the
 /// review band between its thresholds).
 async fn unsure_pair(
