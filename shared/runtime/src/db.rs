@@ -266,6 +266,41 @@ pub fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statemen
     Statement::from_sql_and_values(backend, sql, values)
 }
 
+/// `statements` as the round trips that run them in order: on SQLite
+/// multi-statement chunks (each statement ended by `;`, in chunks that stay
+/// far below its limit on bound values), elsewhere the statements
+/// themselves (PostgreSQL takes no multi-statement query with parameters).
+fn round_trips(backend: DatabaseBackend, statements: Vec<Statement>) -> Vec<Statement> {
+    if backend != DatabaseBackend::Sqlite || statements.is_empty() {
+        return statements;
+    }
+    let mut chunks = Vec::new();
+    let mut sql = String::new();
+    let mut values: Vec<Value> = Vec::new();
+    for s in statements {
+        let n = s.values.as_ref().map_or(0, |v| v.0.len());
+        if !sql.is_empty() && values.len() + n > MAX_DEFERRED_VALUES {
+            chunks.push(Statement::from_sql_and_values(backend, std::mem::take(&mut sql), std::mem::take(&mut values)));
+        }
+        sql.push_str(&s.sql);
+        sql.push_str(";\n");
+        if let Some(v) = s.values {
+            values.extend(v.0);
+        }
+    }
+    chunks.push(Statement::from_sql_and_values(backend, sql, values));
+    chunks
+}
+
+/// Run `statements` through `c` in order, for their effects only: on
+/// SQLite in one round trip (see [`round_trips`]), elsewhere one by one.
+pub async fn execute_all<C: ConnectionTrait>(c: &C, statements: Vec<Statement>) -> Result<(), DbErr> {
+    for chunk in round_trips(c.get_database_backend(), statements) {
+        c.execute_raw(chunk).await?;
+    }
+    Ok(())
+}
+
 /// Where the sequences of a group-committed batch come from: the event
 /// log's head is read (and on PostgreSQL locked) by the batch's first
 /// append, each append takes the next number, and the head row is written
@@ -415,35 +450,10 @@ impl WriteTxn {
         self.tx.query_one_raw(query).await
     }
 
-    /// The deferred statements as the round trips that run them: on SQLite
-    /// multi-statement chunks (each statement ended by `;`), elsewhere the
-    /// statements themselves.
+    /// The deferred statements as the round trips that run them (see
+    /// [`round_trips`]).
     fn take_deferred(&mut self) -> Vec<Statement> {
-        let statements = std::mem::take(&mut self.deferred);
-        let backend = self.tx.get_database_backend();
-        if backend != DatabaseBackend::Sqlite || statements.is_empty() {
-            return statements;
-        }
-        let mut chunks = Vec::new();
-        let mut sql = String::new();
-        let mut values: Vec<Value> = Vec::new();
-        for s in statements {
-            let n = s.values.as_ref().map_or(0, |v| v.0.len());
-            if !sql.is_empty() && values.len() + n > MAX_DEFERRED_VALUES {
-                chunks.push(Statement::from_sql_and_values(
-                    backend,
-                    std::mem::take(&mut sql),
-                    std::mem::take(&mut values),
-                ));
-            }
-            sql.push_str(&s.sql);
-            sql.push_str(";\n");
-            if let Some(v) = s.values {
-                values.extend(v.0);
-            }
-        }
-        chunks.push(Statement::from_sql_and_values(backend, sql, values));
-        chunks
+        round_trips(self.tx.get_database_backend(), std::mem::take(&mut self.deferred))
     }
 
     /// On SQLite, queue the batch's head with the deferred statements, so

@@ -328,24 +328,19 @@ pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
     if customer.is_empty() {
         return Ok(());
     }
-    let c = &**tx;
-    let row = c
+    let row = tx
         .query_one_raw(tx.stmt(
-            "SELECT COUNT(*), MIN(occur_us), MAX(occur_us) FROM orders WHERE customer_id = ?",
-            vec![customer.into()],
+            "SELECT COUNT(*), MIN(occur_us), MAX(occur_us), COUNT(DISTINCT day), \
+             (SELECT COUNT(*) FROM customer_interactions WHERE customer_id = ?) FROM orders WHERE customer_id = ?",
+            vec![customer.into(), customer.into()],
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("count".into()))?;
     let orders: i64 = row.try_get_by_index(0)?;
     let first: Option<i64> = row.try_get_by_index(1)?;
     let last: Option<i64> = row.try_get_by_index(2)?;
-    let interactions: i64 = c
-        .query_one_raw(
-            tx.stmt("SELECT COUNT(*) FROM customer_interactions WHERE customer_id = ?", vec![customer.into()]),
-        )
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("count".into()))?
-        .try_get_by_index(0)?;
+    let transactions: i64 = row.try_get_by_index(3)?;
+    let interactions: i64 = row.try_get_by_index(4)?;
     if orders == 0 && interactions == 0 {
         // Facts moved away (a merge): nothing is derived from them any more;
         // the tier change log stays, and the referrers credited lose them.
@@ -353,23 +348,21 @@ pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
         segments::reevaluate(tx, customer, now).await?;
         return values::revalue_referrers(tx, customer, now).await;
     }
-    tx.execute_raw(tx.stmt("DELETE FROM purchase_days WHERE customer_id = ?", vec![customer.into()])).await?;
-    let transactions = tx
-        .execute_raw(tx.stmt(
+    // The derived rows, rebuilt in one round trip on SQLite.
+    let rebuild = vec![
+        tx.stmt("DELETE FROM purchase_days WHERE customer_id = ?", vec![customer.into()]),
+        tx.stmt(
             "INSERT INTO purchase_days (customer_id, day) SELECT DISTINCT customer_id, day FROM orders WHERE customer_id = ?",
             vec![customer.into()],
-        ))
-        .await?
-        .rows_affected() as i64;
-    tx.execute_raw(tx.stmt("DELETE FROM customer_totals WHERE customer_id = ?", vec![customer.into()])).await?;
-    tx.execute_raw(tx.stmt(
-        "INSERT INTO customer_totals (customer_id, currency_code, revenue_minor, cost_minor, order_count) \
-         SELECT customer_id, currency_code, CAST(SUM(revenue_minor) AS BIGINT), CAST(SUM(cost_minor) AS BIGINT), COUNT(*) \
-         FROM orders WHERE customer_id = ? GROUP BY customer_id, currency_code",
-        vec![customer.into()],
-    ))
-    .await?;
-    tx.execute_raw(tx.stmt(
+        ),
+        tx.stmt("DELETE FROM customer_totals WHERE customer_id = ?", vec![customer.into()]),
+        tx.stmt(
+            "INSERT INTO customer_totals (customer_id, currency_code, revenue_minor, cost_minor, order_count) \
+             SELECT customer_id, currency_code, CAST(SUM(revenue_minor) AS BIGINT), CAST(SUM(cost_minor) AS BIGINT), COUNT(*) \
+             FROM orders WHERE customer_id = ? GROUP BY customer_id, currency_code",
+            vec![customer.into()],
+        ),
+        tx.stmt(
         "INSERT INTO customer_summaries (customer_id, interaction_count, order_count, transaction_count, first_purchase_us, last_purchase_us, updated_at_us) \
          VALUES (?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (customer_id) DO UPDATE SET interaction_count = excluded.interaction_count, order_count = excluded.order_count, \
@@ -384,8 +377,9 @@ pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
             last.into(),
             now.timestamp_micros().into(),
         ],
-    ))
-    .await?;
+        ),
+    ];
+    crm_runtime::db::execute_all(&**tx, rebuild).await?;
     models::rescore_customer(tx, customer, now).await?;
     values::revalue(tx, customer, now).await?;
     values::revalue_referrers(tx, customer, now).await

@@ -168,6 +168,47 @@ fn names_of(customer: &str, aliases: &HashMap<String, String>) -> Vec<String> {
     out
 }
 
+/// [`names_of`] `customer`, read from the store without loading every
+/// alias: the aliases merged into it are found by following the aliases
+/// table backwards from it, as far as [`dv::resolve`] follows it forwards.
+/// A merged-away id stands only for itself.
+async fn names_for<C: ConnectionTrait>(c: &C, customer: &str) -> Result<Vec<String>, DbErr> {
+    let mut out = vec![customer.to_owned()];
+    let merged = c
+        .query_one_raw(q(
+            c,
+            "SELECT 1 FROM profile_aliases WHERE alias_id = ? AND profile_id <> alias_id",
+            vec![customer.into()],
+        ))
+        .await?;
+    if merged.is_some() {
+        return Ok(out);
+    }
+    let mut frontier = out.clone();
+    for _ in 0..dv::MAX_ALIAS_HOPS {
+        if frontier.is_empty() {
+            break;
+        }
+        let mut next = Vec::new();
+        for chunk in frontier.chunks(super::IN_CHUNK) {
+            let sql = format!(
+                "SELECT alias_id FROM profile_aliases WHERE profile_id IN ({}) AND alias_id <> profile_id",
+                in_list(chunk.len())
+            );
+            let values = chunk.iter().map(|n| Value::from(n.clone())).collect();
+            for r in c.query_all_raw(q(c, &sql, values)).await? {
+                let alias: String = r.try_get_by_index(0)?;
+                if !out.contains(&alias) {
+                    out.push(alias.clone());
+                    next.push(alias);
+                }
+            }
+        }
+        frontier = next;
+    }
+    Ok(out)
+}
+
 fn in_list(n: usize) -> String {
     vec!["?"; n.max(1)].join(", ")
 }
@@ -196,16 +237,14 @@ async fn referral_rows<C: ConnectionTrait>(
         .collect()
 }
 
-/// The customers credited to `customer` as referred by them.
-async fn credited<C: ConnectionTrait>(
-    c: &C,
-    customer: &str,
-    aliases: &HashMap<String, String>,
-) -> Result<BTreeSet<String>, DbErr> {
+/// The customers credited to `customer` as referred by them (the aliases
+/// are read only when they referred someone).
+async fn credited<C: ConnectionTrait>(c: &C, customer: &str) -> Result<BTreeSet<String>, DbErr> {
     let own = referral_rows(c, "WHERE customer_id = ?", vec![customer.into()]).await?;
     if own.is_empty() {
         return Ok(BTreeSet::new());
     }
+    let aliases = &aliases(c).await?;
     // Every referral naming any of those customers competes for them.
     let mut names: BTreeSet<String> = BTreeSet::new();
     for r in &own {
@@ -223,8 +262,7 @@ async fn credited<C: ConnectionTrait>(
 /// Referrers whose credit may include `customer` (referrals naming it or
 /// one of its aliases).
 async fn referrers_of<C: ConnectionTrait>(c: &C, customer: &str) -> Result<BTreeSet<String>, DbErr> {
-    let aliases = aliases(c).await?;
-    let names = names_of(customer, &aliases);
+    let names = names_for(c, customer).await?;
     let values = names.iter().map(|n| Value::from(n.clone())).collect();
     let rows = c
         .query_all_raw(q(
@@ -356,10 +394,9 @@ pub async fn load_inputs<C: ConnectionTrait>(
             i.ours.insert(r.try_get_by_index(1)?, r.try_get_by_index(2)?);
         }
     }
-    let aliases = aliases(c).await?;
     match customer {
         Some(id) => {
-            let credited = credited(c, id, &aliases).await?;
+            let credited = credited(c, id).await?;
             if let Some(i) = out.get_mut(id) {
                 i.referred_count = credited.len() as i64;
                 for x in credited {
@@ -369,6 +406,7 @@ pub async fn load_inputs<C: ConnectionTrait>(
             }
         }
         None => {
+            let aliases = aliases(c).await?;
             let all = referral_rows(c, "", vec![]).await?;
             for (referrer, referred) in dv::credits(&all, &aliases) {
                 if let Some(i) = out.get_mut(&referrer) {
@@ -781,7 +819,7 @@ pub async fn erase(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<
     }
     referrers.remove(customer);
     // The ids merged into them stand for the same person: their remains go too.
-    let names = names_of(customer, &aliases(&**tx).await?);
+    let names = names_for(&**tx, customer).await?;
     let list = in_list(names.len());
     let values = || names.iter().map(|n| Value::from(n.clone())).collect::<Vec<_>>();
     tx.execute_raw(tx.stmt(&format!("DELETE FROM customer_referrals WHERE referred_id IN ({list})"), values())).await?;
