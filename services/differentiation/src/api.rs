@@ -62,6 +62,19 @@ impl DifferentiationApi {
         Ok(loaded)
     }
 
+    /// The values of the customers of a page of (key, id) rows, in order.
+    async fn customer_values(
+        &self,
+        rows: &[(i64, String)],
+        model: Option<&models::Loaded>,
+    ) -> Result<Vec<pb::CustomerValue>, RuntimeError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, id) in rows {
+            out.push(self.customer_value(id, model).await?);
+        }
+        Ok(out)
+    }
+
     /// A customer's value as of now.
     async fn customer_value(
         &self,
@@ -183,16 +196,8 @@ impl DifferentiationService for DifferentiationApi {
         let mut rows = values::list_customers(&self.store, tier.map(|t| t as i32), after, size + 1)
             .await
             .map_err(RuntimeError::from)?;
-        let next_page_token = if rows.len() as u64 > size {
-            rows.truncate(size as usize);
-            rows.last().map(|(k, id)| conversions::value_token(*k, id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let mut values = Vec::with_capacity(rows.len());
-        for (_, id) in &rows {
-            values.push(self.customer_value(id, model.as_deref()).await?);
-        }
+        let next_page_token = page::next_token(&mut rows, size, |(k, id)| conversions::value_token(*k, id));
+        let values = self.customer_values(&rows, model.as_deref()).await?;
         Ok(Response::new(pb::ListCustomerValuesResponse { values, next_page_token, as_of_sequence: Some(as_of) }))
     }
 
@@ -271,12 +276,7 @@ impl DifferentiationService for DifferentiationApi {
         let customer = (!req.customer_id.is_empty()).then_some(req.customer_id.as_str());
         let mut rows =
             values::tier_changes(&self.store, customer, after, size + 1).await.map_err(RuntimeError::from)?;
-        let next_page_token = if rows.len() as u64 > size {
-            rows.truncate(size as usize);
-            rows.last().map(|(us, id, _)| conversions::value_token(*us, id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_token(&mut rows, size, |(us, id, _)| conversions::value_token(*us, id));
         Ok(Response::new(pb::ListTierChangesResponse {
             changes: rows.into_iter().map(|(_, _, c)| c).collect(),
             next_page_token,
@@ -389,12 +389,7 @@ impl DifferentiationService for DifferentiationApi {
         let after = conversions::id_cursor(&mut v, &req.page_token);
         v.finish()?;
         let mut rows = segments::list(&self.store, after.as_deref(), size + 1).await.map_err(RuntimeError::from)?;
-        let next_page_token = if rows.len() as u64 > size {
-            rows.truncate(size as usize);
-            rows.last().map(|s| conversions::id_token(&s.id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_token(&mut rows, size, |s| conversions::id_token(&s.id));
         Ok(Response::new(pb::ListSegmentsResponse { segments: rows, next_page_token }))
     }
 
@@ -433,12 +428,7 @@ impl DifferentiationService for DifferentiationApi {
             segments::members(&self.store, &req.segment_id, after.as_deref(), size + 1)
                 .await
                 .map_err(RuntimeError::from)?;
-        let next_page_token = if customer_ids.len() as u64 > size {
-            customer_ids.truncate(size as usize);
-            customer_ids.last().map(|id| conversions::id_token(id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_token(&mut customer_ids, size, |id| conversions::id_token(id));
         Ok(Response::new(pb::ListSegmentMembersResponse {
             customer_ids,
             total_count,
@@ -543,16 +533,8 @@ impl DifferentiationService for DifferentiationApi {
         let model = self.active_model().await?;
         let mut rows =
             store::retention::at_risk(&self.store, below, &tiers, after, size + 1).await.map_err(RuntimeError::from)?;
-        let next_page_token = if rows.len() as u64 > size {
-            rows.truncate(size as usize);
-            rows.last().map(|(k, id)| conversions::value_token(*k, id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let mut customers = Vec::with_capacity(rows.len());
-        for (_, id) in &rows {
-            customers.push(self.customer_value(id, model.as_deref()).await?);
-        }
+        let next_page_token = page::next_token(&mut rows, size, |(k, id)| conversions::value_token(*k, id));
+        let customers = self.customer_values(&rows, model.as_deref()).await?;
         Ok(Response::new(pb::ListAtRiskCustomersResponse { customers, next_page_token, as_of_sequence: Some(as_of) }))
     }
 

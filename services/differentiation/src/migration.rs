@@ -223,6 +223,18 @@ impl MigrationName for ValueTierTables {
     }
 }
 
+/// Empty `tables` and forget the cursors of `feeds`, so that the consumers
+/// apply those feeds again from their start and fill the tables anew.
+async fn replay_from_start(manager: &SchemaManager<'_>, tables: &[&str], feeds: &[&str]) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    for t in tables {
+        db.execute_unprepared(&format!("DELETE FROM {t}")).await?;
+    }
+    let names = feeds.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>().join(", ");
+    db.execute_unprepared(&format!("DELETE FROM feed_cursors WHERE name IN ({names})")).await?;
+    Ok(())
+}
+
 fn table(name: &'static str) -> TableCreateStatement {
     Table::create().table(name).to_owned()
 }
@@ -343,20 +355,20 @@ impl MigrationTrait for ValueTierTables {
         }
         // Rebuild both projections from the start of their feeds, so that
         // facts recorded before these tables existed reach them.
-        let db = manager.get_connection();
-        for t in [
-            "order_categories",
-            "orders",
-            "customer_interactions",
-            "customer_scores",
-            "customer_totals",
-            "purchase_days",
-            "customer_summaries",
-        ] {
-            db.execute_unprepared(&format!("DELETE FROM {t}")).await?;
-        }
-        db.execute_unprepared("DELETE FROM feed_cursors WHERE name IN ('interaction', 'identification')").await?;
-        Ok(())
+        replay_from_start(
+            manager,
+            &[
+                "order_categories",
+                "orders",
+                "customer_interactions",
+                "customer_scores",
+                "customer_totals",
+                "purchase_days",
+                "customer_summaries",
+            ],
+            &["interaction", "identification"],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -455,23 +467,23 @@ impl MigrationTrait for DefectionTables {
         ] {
             manager.create_index(i).await?;
         }
-        let db = manager.get_connection();
-        for t in [
-            "order_categories",
-            "orders",
-            "customer_interactions",
-            "customer_referrals",
-            "customer_needs",
-            "customer_wallets",
-            "customer_scores",
-            "customer_totals",
-            "purchase_days",
-            "customer_summaries",
-        ] {
-            db.execute_unprepared(&format!("DELETE FROM {t}")).await?;
-        }
-        db.execute_unprepared("DELETE FROM feed_cursors WHERE name = 'interaction'").await?;
-        Ok(())
+        replay_from_start(
+            manager,
+            &[
+                "order_categories",
+                "orders",
+                "customer_interactions",
+                "customer_referrals",
+                "customer_needs",
+                "customer_wallets",
+                "customer_scores",
+                "customer_totals",
+                "purchase_days",
+                "customer_summaries",
+            ],
+            &["interaction"],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

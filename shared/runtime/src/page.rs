@@ -48,6 +48,18 @@ pub fn decode_token(v: &mut FieldViolations, token: &str) -> Option<String> {
     decoded
 }
 
+/// Cut `rows`, fetched one past `size` (a query with `LIMIT size + 1`), to
+/// the page, and return the token of the next page, made by `token` from
+/// the page's last row; empty when this page is the last.
+pub fn next_token<T>(rows: &mut Vec<T>, size: u64, token: impl FnOnce(&T) -> String) -> String {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    if rows.len() <= size {
+        return String::new();
+    }
+    rows.truncate(size);
+    rows.last().map(token).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +90,15 @@ mod tests {
         assert!(v.is_empty());
         page_size(&mut v, -1);
         assert!(!v.is_empty());
+    }
+
+    #[test]
+    fn a_row_past_the_page_makes_the_next_token() {
+        let mut rows = vec![1, 2, 3];
+        assert_eq!(next_token(&mut rows, 2, |r| r.to_string()), "2");
+        assert_eq!(rows, [1, 2]);
+        let mut rows = vec![1, 2];
+        assert_eq!(next_token(&mut rows, 2, |r| r.to_string()), "", "the last page has no next token");
+        assert_eq!(rows, [1, 2]);
     }
 }

@@ -14,7 +14,7 @@ use crm_runtime::{error::field_violations, ids::new_id};
 use tonic::Code;
 
 use crate::{
-    App, at, caught_up,
+    App, at, caught_up, fit_active_eur_model,
     lifecycle::{merge, person},
     purchase, spawn_app,
 };
@@ -192,15 +192,7 @@ async fn defection_causes_carry_the_value_lost_with_the_defectors() {
         customers.push(if i < 3 { person(&mut app, &[]).await.0 } else { new_id() });
     }
     let (bought, mut last) = buy_for_a_while(&mut app, &customers, &mut rng, now).await;
-    let model = app
-        .values
-        .fit_value_model(pb::FitValueModelRequest { activate: true, currency_code: "EUR".into(), ..Default::default() })
-        .await
-        .expect("fit")
-        .into_inner()
-        .model
-        .expect("model");
-    assert!(model.converged && model.active, "{model:?}");
+    fit_active_eur_model(&mut app).await;
 
     // Defectors: most in the last 300 days, some before the default
     // period, one who never bought; the three profiles for price, price

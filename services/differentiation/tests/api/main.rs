@@ -59,6 +59,20 @@ pub(crate) async fn caught_up(app: &mut App, last: i64) {
     }
 }
 
+/// Fit a value model in EUR, activated; it must converge.
+pub(crate) async fn fit_active_eur_model(app: &mut App) -> pb::ValueModel {
+    let model = app
+        .values
+        .fit_value_model(pb::FitValueModelRequest { activate: true, currency_code: "EUR".into(), ..Default::default() })
+        .await
+        .expect("fit")
+        .into_inner()
+        .model
+        .expect("model");
+    assert!(model.converged && model.active, "{model:?}");
+    model
+}
+
 pub(crate) async fn spawn_app() -> App {
     spawn_app_with(ValueSettings::default()).await
 }

@@ -21,7 +21,7 @@ use sea_orm::{ConnectionTrait, Database};
 use tonic::Code;
 
 use crate::{
-    App, at, caught_up,
+    App, at, caught_up, fit_active_eur_model,
     lifecycle::{merge, person},
     purchase, spawn_app_with,
     tiers::{contact, int, settings, text},
@@ -491,15 +491,7 @@ async fn the_retention_economics_of_a_segment_sum_those_of_its_members() {
         }
     }
     caught_up(&mut app, last).await;
-    let model = app
-        .values
-        .fit_value_model(pb::FitValueModelRequest { activate: true, currency_code: "EUR".into(), ..Default::default() })
-        .await
-        .expect("fit")
-        .into_inner()
-        .model
-        .expect("model");
-    assert!(model.converged && model.active, "{model:?}");
+    fit_active_eur_model(&mut app).await;
     let segment = create(&mut app, "Repeat buyers", "frequency >= 2").await;
     let (ids, total) = members(&mut app, &segment.id, at(last)).await;
     assert!(total > 1 && total < 100, "{total}");

@@ -1078,7 +1078,6 @@ async fn a_rejected_candidate_stays_its_own_person() {
 
 #[tokio::test]
 async fn the_matcher_is_trained_from_the_stored_profiles_in_versions() {
-    use crm_identification::domain::matching;
     // Training is a long operation: operators give it a longer request
     // timeout (CRM_REQUEST_TIMEOUT_MS); it also completes if the caller
     // stops waiting.
@@ -1088,13 +1087,7 @@ async fn the_matcher_is_trained_from_the_stored_profiles_in_versions() {
     let _server =
         TestServer::start_with(settings, db, |s, sd| async move { crm_identification::start(&s, sd).await }).await;
     let mut client = IdentificationServiceClient::new(_server.channel());
-    let records: Vec<pb::ImportProfilesRequest> = matching::generate(250, 0.5, 7)
-        .into_iter()
-        .map(|(_, r)| {
-            let (identifiers, attributes) = crm_identification::matcher::touchpoint_of(&r);
-            pb::ImportProfilesRequest { identifiers, attributes: Some(attributes), ..Default::default() }
-        })
-        .collect();
+    let records = generated_imports(250, 7);
     let counts = client.import_profiles(futures::stream::iter(records)).await.unwrap().into_inner();
     assert!(counts.created_count > 200, "{counts:?}");
     let first = client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap().into_inner();
@@ -1106,22 +1099,27 @@ async fn the_matcher_is_trained_from_the_stored_profiles_in_versions() {
     assert_eq!(fields(&err), ["max_pairs"]);
 }
 
+/// ImportProfiles records of `originals` generated people with half as many
+/// corrupted duplicates (seed `seed`).
+fn generated_imports(originals: usize, seed: u64) -> Vec<pb::ImportProfilesRequest> {
+    crm_identification::domain::matching::generate(originals, 0.5, seed)
+        .into_iter()
+        .map(|(_, r)| {
+            let (identifiers, attributes) = crm_identification::matcher::touchpoint_of(&r);
+            pb::ImportProfilesRequest { identifiers, attributes: Some(attributes), ..Default::default() }
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn the_matcher_is_retrained_on_a_schedule() {
-    use crm_identification::domain::matching;
     let db = crm_runtime::testing::TestDb::new("identification").await;
     let mut settings = crm_runtime::config::Settings::for_tests(ServiceKind::Identification, db.url.clone());
     settings.matcher_train_every = Some(std::time::Duration::from_millis(300));
     let server =
         TestServer::start_with(settings, db, |s, sd| async move { crm_identification::start(&s, sd).await }).await;
     let mut client = IdentificationServiceClient::new(server.channel());
-    let records: Vec<pb::ImportProfilesRequest> = matching::generate(200, 0.5, 9)
-        .into_iter()
-        .map(|(_, r)| {
-            let (identifiers, attributes) = crm_identification::matcher::touchpoint_of(&r);
-            pb::ImportProfilesRequest { identifiers, attributes: Some(attributes), ..Default::default() }
-        })
-        .collect();
+    let records = generated_imports(200, 9);
     client.import_profiles(futures::stream::iter(records)).await.unwrap();
 
     // Nobody calls TrainMatcher: versions appear one after another.
