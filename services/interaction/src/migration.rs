@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(FactTables),
             Box::new(LifecycleTables),
             Box::new(crm_runtime::migration::EventLogTraceContext),
+            Box::new(crm_runtime::migration::EventLogRowidSequence),
         ]
     }
 }

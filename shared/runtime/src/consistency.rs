@@ -30,11 +30,16 @@ pub async fn wait_for(mut applied: watch::Receiver<i64>, min: i64, budget: Durat
     }
 }
 
+/// Time kept to answer in before the caller's deadline: a tenth of it, and
+/// at least this much, so that the answer is DEADLINE_EXCEEDED from the
+/// handler rather than the transport cancelling the call on a busy host.
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+
 /// How long a request may wait: its `grpc-timeout` less a margin to answer
-/// in, capped by `cap`.
+/// in (see [`ANSWER_MARGIN`]), capped by `cap`.
 pub fn wait_budget(metadata: &MetadataMap, cap: Duration) -> Duration {
     match metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout) {
-        Some(d) => d.saturating_sub(d / 10).min(cap),
+        Some(d) => d.saturating_sub((d / 10).max(ANSWER_MARGIN)).min(cap),
         None => cap,
     }
 }
@@ -82,6 +87,20 @@ mod tests {
         let (_tx, rx) = watch::channel(1);
         let err = wait_for(rx, 2, Duration::from_millis(10)).await.unwrap_err();
         assert!(matches!(err, RuntimeError::DeadlineExceeded(_)));
+    }
+
+    #[test]
+    fn the_wait_leaves_a_margin_to_answer_before_the_deadline() {
+        let budget = |timeout: &str| {
+            let mut m = MetadataMap::new();
+            m.insert("grpc-timeout", timeout.parse().unwrap());
+            wait_budget(&m, Duration::from_secs(5))
+        };
+        assert_eq!(budget("300m"), Duration::from_millis(200));
+        assert_eq!(budget("2S"), Duration::from_millis(1800));
+        assert_eq!(budget("50m"), Duration::ZERO);
+        assert_eq!(budget("1H"), Duration::from_secs(5));
+        assert_eq!(wait_budget(&MetadataMap::new(), Duration::from_secs(5)), Duration::from_secs(5));
     }
 
     #[test]

@@ -35,6 +35,20 @@
 //! statement's failure shows in, the batch is run again with savepoints,
 //! where every write runs its own deferred statements.
 //!
+//! A write queued by `Store::group_commit_with_lookup` begins with a
+//! `Lookup` (the read it would make first, e.g. its idempotency key and
+//! whatever else it decides on). On SQLite, the batch reads the lookups of
+//! its writes together (those of one kind in one query, see
+//! `Lookup::batched`), with the event log's head, in one round trip before
+//! the first of them runs (and again after a write queued otherwise, which
+//! may have changed anything): each write then takes its row without a
+//! round trip, and a batch of n such writes takes a handful of round trips
+//! whatever n is. Rows read ahead are only stale where a write before in
+//! the batch changed what a lookup reads: such writes must change nothing
+//! their lookups read but idempotency keys, which the batch tracks (a
+//! second write with a key stored earlier in the batch reads its lookup
+//! again, after that write's statements).
+//!
 //! Idempotency keys work as in a transaction of one's own: a write claims
 //! its `request_id` in the batch's transaction (inside its savepoint when
 //! it has one) and its response is stored before the next write runs, so a
@@ -58,12 +72,12 @@ use std::{
 };
 
 use futures::{FutureExt, future::BoxFuture};
-use sea_orm::{DbErr, RuntimeErr};
+use sea_orm::{DbErr, QueryResult, RuntimeErr};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::{
-    db::{Store, WriteTxn, Writer},
+    db::{Lookup, Store, WriteTxn, Writer},
     error::RuntimeError,
 };
 
@@ -122,7 +136,7 @@ impl Store {
         T: Send + 'static,
         F: for<'a> Fn(&'a mut WriteTxn) -> BoxFuture<'a, Result<T, RuntimeError>> + Send + Sync + 'static,
     {
-        self.queue_write(Box::new(write), false).await
+        self.queue_write(Box::new(write), Read::Claim).await
     }
 
     /// `group_commit` for a write whose first statement is a read made
@@ -134,10 +148,25 @@ impl Store {
         T: Send + 'static,
         F: for<'a> Fn(&'a mut WriteTxn) -> BoxFuture<'a, Result<T, RuntimeError>> + Send + Sync + 'static,
     {
-        self.queue_write(Box::new(write), true).await
+        self.queue_write(Box::new(write), Read::First).await
     }
 
-    async fn queue_write<T: Send + 'static>(&self, write: Write<T>, read_first: bool) -> Result<T, RuntimeError> {
+    /// `group_commit` for a write that begins with `lookup`, which it
+    /// takes with `WriteTxn::looked_up` as its first read: on SQLite read
+    /// ahead for the whole batch in one round trip (see the module docs).
+    /// The write must change nothing that the lookups of other such writes
+    /// read, except idempotency keys stored by `idempotency::record_later`,
+    /// and must call `WriteTxn::flush_deferred` before any read of its own
+    /// after the lookup.
+    pub async fn group_commit_with_lookup<T, F>(&self, lookup: Lookup, write: F) -> Result<T, RuntimeError>
+    where
+        T: Send + 'static,
+        F: for<'a> Fn(&'a mut WriteTxn) -> BoxFuture<'a, Result<T, RuntimeError>> + Send + Sync + 'static,
+    {
+        self.queue_write(Box::new(write), Read::Lookup(lookup)).await
+    }
+
+    async fn queue_write<T: Send + 'static>(&self, write: Write<T>, read: Read) -> Result<T, RuntimeError> {
         let group = self.group.get_or_init(|| GroupCommit::start(self.writer.clone()));
         if group.closed.load(Ordering::SeqCst) {
             return Err(RuntimeError::Unavailable("the store is closing".into()));
@@ -145,7 +174,7 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         // The write runs in the writer task under the caller's span, so what
         // it logs and the events it appends belong to the caller's trace.
-        let job = Typed { write, read_first, span: tracing::Span::current(), result: None, reply };
+        let job = Typed { write, read, span: tracing::Span::current(), result: None, reply };
         group
             .queue
             .send(Message::Write(Box::new(job)))
@@ -171,11 +200,24 @@ enum Outcome {
     Conflict,
 }
 
+/// How a queued write begins.
+enum Read {
+    /// With anything (`Store::group_commit`).
+    Claim,
+    /// With a read that runs the deferred statements before it
+    /// (`Store::group_commit_read_first`).
+    First,
+    /// With its lookup (`Store::group_commit_with_lookup`).
+    Lookup(Lookup),
+}
+
 /// A queued write with its caller, its type erased.
 trait Job: Send {
     /// Whether the write's first statement runs the deferred statements
-    /// before it (`Store::group_commit_read_first`).
+    /// before it (`Store::group_commit_read_first`, or a lookup).
     fn read_first(&self) -> bool;
+    /// The write's lookup (`Store::group_commit_with_lookup`).
+    fn lookup(&self) -> Option<&Lookup>;
     /// Run the write in `tx`, keeping its result.
     fn run<'a>(&'a mut self, tx: &'a mut WriteTxn) -> BoxFuture<'a, Outcome>;
     /// Replace the kept result by an error (its effects did not commit).
@@ -186,7 +228,7 @@ trait Job: Send {
 
 struct Typed<T> {
     write: Write<T>,
-    read_first: bool,
+    read: Read,
     span: tracing::Span,
     result: Option<Result<T, RuntimeError>>,
     reply: oneshot::Sender<Result<T, RuntimeError>>,
@@ -194,7 +236,14 @@ struct Typed<T> {
 
 impl<T: Send + 'static> Job for Typed<T> {
     fn read_first(&self) -> bool {
-        self.read_first
+        !matches!(self.read, Read::Claim)
+    }
+
+    fn lookup(&self) -> Option<&Lookup> {
+        match &self.read {
+            Read::Lookup(l) => Some(l),
+            Read::Claim | Read::First => None,
+        }
     }
 
     fn run<'a>(&'a mut self, tx: &'a mut WriteTxn) -> BoxFuture<'a, Outcome> {
@@ -303,6 +352,7 @@ async fn run_alone(writer: &Writer, mut job: Box<dyn Job>) -> bool {
             return false;
         }
     };
+    tx.set_lookup(job.lookup(), None);
     let outcome = job.run(&mut tx).await;
     let ended = if outcome == Outcome::Done { tx.commit().await } else { tx.rollback().await };
     let committed = match (outcome, ended) {
@@ -335,8 +385,31 @@ enum Abandoned {
 async fn commit_together(writer: &Writer, jobs: &mut [Box<dyn Job>], savepoints: bool) -> Result<Vec<bool>, Abandoned> {
     let mut tx = writer.begin_batch().await?;
     let mut conflicts = vec![false; jobs.len()];
-    for (job, conflict) in jobs.iter_mut().zip(conflicts.iter_mut()) {
+    // Lookups read ahead, by write.
+    let mut ahead: Vec<Option<Option<QueryResult>>> = jobs.iter().map(|_| None).collect();
+    for i in 0..jobs.len() {
         if !savepoints {
+            // The lookups of this write and of the lookup writes right
+            // after it are read ahead, together (after a write queued
+            // otherwise, which may have changed anything, anew).
+            if jobs[i].lookup().is_some() && ahead[i].is_none() {
+                let run = jobs[i..].iter().take_while(|j| j.lookup().is_some()).count();
+                let lookups: Vec<&Lookup> = jobs[i..i + run].iter().filter_map(|j| j.lookup()).collect();
+                match tx.read_ahead(&lookups).await {
+                    Ok(Some(rows)) => {
+                        for (slot, row) in ahead[i..i + run].iter_mut().zip(rows) {
+                            *slot = Some(row);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        tx.rollback().await?;
+                        return Err(Abandoned::WriteFailed);
+                    }
+                }
+            }
+            let job = &mut jobs[i];
+            tx.set_lookup(job.lookup(), ahead[i].take());
             // The deferred statements of the writes before run with a
             // read-first write's first read, else on their own before it.
             // Whichever write a failure shows in, the batch runs again with
@@ -347,7 +420,9 @@ async fn commit_together(writer: &Writer, jobs: &mut [Box<dyn Job>], savepoints:
             }
             continue;
         }
+        let (job, conflict) = (&mut jobs[i], &mut conflicts[i]);
         let mut savepoint = tx.savepoint().await?;
+        savepoint.set_lookup(job.lookup(), None);
         let mut outcome = job.run(&mut savepoint).await;
         if outcome == Outcome::Done
             && let Err(e) = savepoint.flush_deferred().await
@@ -447,21 +522,47 @@ mod tests {
         Ok(response)
     }
 
+    /// The test writes' key lookup.
+    fn key_lookup(backend: sea_orm::DatabaseBackend, request_id: &str) -> Lookup {
+        Lookup::new(crate::db::stmt(
+            backend,
+            "SELECT fingerprint, response FROM idempotency_keys WHERE scope = ? AND request_id = ?",
+            vec!["Record".into(), request_id.into()],
+        ))
+        .with_idempotency_key("Record", request_id)
+        .batched("record-key", keys_sql, vec![request_id.into()])
+    }
+
+    /// `n` key lookups in one query.
+    fn keys_sql(n: usize) -> String {
+        format!(
+            "WITH q (lookup_index, request_id) AS (VALUES {}) \
+             SELECT k.fingerprint, k.response, q.lookup_index FROM q \
+             JOIN idempotency_keys k ON k.scope = 'Record' AND k.request_id = q.request_id",
+            vec!["(?, ?)"; n].join(", ")
+        )
+    }
+
     /// `record` as a read-first write: the key is looked up by the write's
-    /// first statement, and everything it writes is deferred.
+    /// first statement (or, if `looked`, taken from the write's lookup, see
+    /// `key_lookup`), and everything it writes is deferred.
     async fn record_read_first(
         tx: &mut WriteTxn,
         request_id: &str,
         id: &str,
         mode: Mode,
+        looked: bool,
     ) -> Result<ProfileEvent, RuntimeError> {
         let fp = idempotency::fingerprint(id.as_bytes());
-        let key = tx
-            .query_one_after_deferred(tx.stmt(
+        let key = if looked {
+            tx.looked_up().await?
+        } else {
+            tx.query_one_after_deferred(tx.stmt(
                 "SELECT fingerprint, response FROM idempotency_keys WHERE scope = ? AND request_id = ?",
                 vec!["Record".into(), request_id.into()],
             ))
-            .await?;
+            .await?
+        };
         if let Some(key) = key {
             return match idempotency::seen(fp, key.try_get_by_index(0)?, key.try_get_by_index(1)?)? {
                 Claim::Replay(r) => Ok(r),
@@ -501,28 +602,63 @@ mod tests {
         ReadFirst,
         /// Both, alternating.
         Mixed,
+        /// `record_read_first` with its key looked up, queued by
+        /// `group_commit_with_lookup`.
+        Lookup,
+        /// Two of those, then one `record`, and so on.
+        MixedLookup,
     }
 
-    const STYLES: [Style; 3] = [Style::Claim, Style::ReadFirst, Style::Mixed];
+    const STYLES: [Style; 5] = [Style::Claim, Style::ReadFirst, Style::Mixed, Style::Lookup, Style::MixedLookup];
+
+    impl Style {
+        /// How the `i`th write of a batch reads.
+        fn read(self, i: usize) -> Reads {
+            match (self, i % 2, i % 3) {
+                (Style::Claim, ..) | (Style::Mixed, 0, _) | (Style::MixedLookup, _, 2) => Reads::Claim,
+                (Style::ReadFirst, ..) | (Style::Mixed, ..) => Reads::First,
+                (Style::Lookup | Style::MixedLookup, ..) => Reads::Lookup,
+            }
+        }
+    }
+
+    /// How one test write reads.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Reads {
+        Claim,
+        First,
+        Lookup,
+    }
 
     type Answer = oneshot::Receiver<Result<ProfileEvent, RuntimeError>>;
 
     /// A queued write of `record` (or `record_read_first`) and where its
     /// answer comes.
-    fn job(request_id: &str, id: &str, mode: Mode, read_first: bool) -> (Box<dyn Job>, Answer) {
+    fn job(
+        backend: sea_orm::DatabaseBackend,
+        request_id: &str,
+        id: &str,
+        mode: Mode,
+        reads: Reads,
+    ) -> (Box<dyn Job>, Answer) {
+        let read = match reads {
+            Reads::Claim => Read::Claim,
+            Reads::First => Read::First,
+            Reads::Lookup => Read::Lookup(key_lookup(backend, request_id)),
+        };
         let (request_id, id) = (request_id.to_owned(), id.to_owned());
         let (reply, answer) = oneshot::channel();
         let write: Write<ProfileEvent> = Box::new(move |tx| {
             let (request_id, id) = (request_id.clone(), id.clone());
             Box::pin(async move {
-                if read_first {
-                    record_read_first(tx, &request_id, &id, mode).await
-                } else {
-                    record(tx, &request_id, &id, mode).await
+                match reads {
+                    Reads::Claim => record(tx, &request_id, &id, mode).await,
+                    Reads::First => record_read_first(tx, &request_id, &id, mode, false).await,
+                    Reads::Lookup => record_read_first(tx, &request_id, &id, mode, true).await,
                 }
             })
         });
-        (Box::new(Typed { write, read_first, span: tracing::Span::none(), result: None, reply }), answer)
+        (Box::new(Typed { write, read, span: tracing::Span::none(), result: None, reply }), answer)
     }
 
     /// Run these writes as one batch; their answers in order.
@@ -541,13 +677,9 @@ mod tests {
         careful: bool,
         style: Style,
     ) -> Vec<Result<ProfileEvent, RuntimeError>> {
-        let read_first = |i: usize| match style {
-            Style::Claim => false,
-            Style::ReadFirst => true,
-            Style::Mixed => i % 2 == 1,
-        };
+        let backend = store.backend();
         let (jobs, answers): (Vec<_>, Vec<_>) =
-            writes.iter().enumerate().map(|(i, (r, id, m))| job(r, id, *m, read_first(i))).unzip();
+            writes.iter().enumerate().map(|(i, (r, id, m))| job(backend, r, id, *m, style.read(i))).unzip();
         run_batch(&store.writer, jobs, careful).await;
         let mut out = Vec::new();
         for a in answers {
@@ -710,21 +842,35 @@ mod tests {
                         let times = if i % 5 == 1 { 2 } else { 1 };
                         for _ in 0..times {
                             let (rid, fid) = (format!("r-{id}"), id.clone());
-                            // Half the writers look their keys up first.
-                            let r = if w % 2 == 0 {
-                                store
-                                    .group_commit(move |tx| {
-                                        let (rid, fid) = (rid.clone(), fid.clone());
-                                        Box::pin(async move { record(tx, &rid, &fid, mode).await })
-                                    })
-                                    .await
-                            } else {
-                                store
-                                    .group_commit_read_first(move |tx| {
-                                        let (rid, fid) = (rid.clone(), fid.clone());
-                                        Box::pin(async move { record_read_first(tx, &rid, &fid, mode).await })
-                                    })
-                                    .await
+                            // A third of the writers claim their keys, a
+                            // third look them up first, a third with a lookup.
+                            let r = match w % 3 {
+                                0 => {
+                                    store
+                                        .group_commit(move |tx| {
+                                            let (rid, fid) = (rid.clone(), fid.clone());
+                                            Box::pin(async move { record(tx, &rid, &fid, mode).await })
+                                        })
+                                        .await
+                                }
+                                1 => {
+                                    store
+                                        .group_commit_read_first(move |tx| {
+                                            let (rid, fid) = (rid.clone(), fid.clone());
+                                            Box::pin(
+                                                async move { record_read_first(tx, &rid, &fid, mode, false).await },
+                                            )
+                                        })
+                                        .await
+                                }
+                                _ => {
+                                    store
+                                        .group_commit_with_lookup(key_lookup(store.backend(), &rid), move |tx| {
+                                            let (rid, fid) = (rid.clone(), fid.clone());
+                                            Box::pin(async move { record_read_first(tx, &rid, &fid, mode, true).await })
+                                        })
+                                        .await
+                                }
                             };
                             answers.push((id.clone(), mode, r));
                         }
@@ -759,6 +905,28 @@ mod tests {
         assert_eq!(logged, (1..=n).collect::<Vec<_>>(), "one event per fact, nothing else");
         assert_eq!(eventlog::head(store.conn()).await.expect("head"), n);
         assert_eq!(*store.committed().borrow(), n);
+    }
+
+    #[tokio::test]
+    async fn a_batch_reads_its_lookups_ahead_in_one_round_trip_on_sqlite() {
+        let db = TestDb::new("runtime").await;
+        let store = store(&db).await;
+        batch(&store, &[("r-a", "a", Mode::Ok), ("r-b", "b", Mode::Ok)], Style::Claim).await;
+        let backend = store.backend();
+        let lookups = [key_lookup(backend, "r-b"), key_lookup(backend, "r-new"), key_lookup(backend, "r-a")];
+        let mut tx = store.writer.begin_batch().await.expect("begin");
+        let rows = tx.read_ahead(&lookups.iter().collect::<Vec<_>>()).await.expect("read ahead");
+        if backend != sea_orm::DatabaseBackend::Sqlite {
+            assert!(rows.is_none(), "read when asked on {}", db.kind());
+            return;
+        }
+        let rows = rows.expect("read ahead on SQLite");
+        let fingerprints: Vec<Option<i64>> =
+            rows.iter().map(|r| r.as_ref().map(|r| r.try_get_by_index(0).expect("fingerprint"))).collect();
+        let fp = |id: &str| Some(idempotency::fingerprint(id.as_bytes()));
+        assert_eq!(fingerprints, vec![fp("b"), None, fp("a")], "each lookup's row, in order");
+        assert_eq!(tx.next_sequence_for_test().await.expect("next"), 3, "the head was read with them");
+        tx.rollback().await.expect("rollback");
     }
 
     #[tokio::test]

@@ -149,6 +149,7 @@ pub fn record_later<R: prost::Message>(
     if request_id.is_empty() {
         return;
     }
+    tx.note_recorded(scope, request_id);
     let stmt = tx.stmt(
         "INSERT INTO idempotency_keys (scope, request_id, fingerprint, response, subject, created_at_us) \
          VALUES (?, ?, ?, ?, ?, ?)",

@@ -142,6 +142,63 @@ impl MigrationTrait for EventLogTraceContext {
     }
 }
 
+/// On SQLite, rebuilds the event log with `sequence` as the table's rowid
+/// (`INTEGER PRIMARY KEY`), keeping every event: the table was created with
+/// a `BIGINT` primary key, which SQLite keeps in a unique index beside the
+/// table's own rowid B-tree, so every append wrote two B-trees for one key.
+/// Sequences, and so the feed, are the same after it. Nothing on
+/// PostgreSQL (its primary key is the table's only index on `sequence`).
+/// List it after `EventLogTraceContext`.
+#[derive(Debug, Default)]
+pub struct EventLogRowidSequence;
+
+impl MigrationName for EventLogRowidSequence {
+    fn name(&self) -> &str {
+        "m20261124_000000_event_log_rowid_sequence"
+    }
+}
+
+/// Rebuild the SQLite event log with `sequence` of type `sequence_type`
+/// (`INTEGER`: the rowid; `BIGINT`: a key of its own), keeping its rows.
+async fn rebuild_event_log(manager: &SchemaManager<'_>, sequence_type: &str) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    if db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
+        return Ok(());
+    }
+    let columns = "sequence, stream_key, kind, recorded_at_us, payload, traceparent, tracestate";
+    for sql in [
+        format!(
+            "CREATE TABLE event_log_rebuilt (sequence {sequence_type} NOT NULL PRIMARY KEY, \
+             stream_key varchar NOT NULL, kind varchar NOT NULL, recorded_at_us bigint NOT NULL, \
+             payload blob NOT NULL, traceparent varchar NULL, tracestate varchar NULL)"
+        ),
+        format!("INSERT INTO event_log_rebuilt ({columns}) SELECT {columns} FROM event_log ORDER BY sequence"),
+        "DROP TABLE event_log".to_owned(),
+        "ALTER TABLE event_log_rebuilt RENAME TO event_log".to_owned(),
+        "CREATE INDEX event_log_stream_key ON event_log (stream_key)".to_owned(),
+    ] {
+        db.execute_unprepared(&sql).await?;
+    }
+    Ok(())
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for EventLogRowidSequence {
+    /// The copy, the swap and the migration's record commit together (SQLite
+    /// migrations run outside a transaction by default).
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        rebuild_event_log(manager, "INTEGER").await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        rebuild_event_log(manager, "bigint").await
+    }
+}
+
 /// The runtime's tables alone, with every change to them: the migrator of
 /// stores that hold nothing else (the runtime's own tests).
 #[derive(Debug, Default)]
@@ -149,6 +206,6 @@ pub struct RuntimeMigrator;
 
 impl MigratorTrait for RuntimeMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(RuntimeTables), Box::new(EventLogTraceContext)]
+        vec![Box::new(RuntimeTables), Box::new(EventLogTraceContext), Box::new(EventLogRowidSequence)]
     }
 }

@@ -104,7 +104,7 @@ use crm_proto::{
 };
 use crm_runtime::{
     consumer::Projection,
-    db::WriteTxn,
+    db::{Lookup, WriteTxn},
     error::RuntimeError,
     eventlog,
     idempotency::{self, Claim},
@@ -204,30 +204,57 @@ pub(crate) async fn write_holder(tx: &WriteTxn, customer_id: &str) -> Result<Hol
     holder(&**tx, customer_id).await
 }
 
-/// For a write queued by `Store::group_commit_read_first`: in one round
-/// trip (with the deferred statements of the writes before it in the
-/// batch), the stored response of `request_id` within `scope` if the key
-/// was seen (see [`idempotency::seen`]), else the holder of
-/// `customer_id`'s facts. The caller stores the key with its response by
-/// [`idempotency::record_later`].
+/// The lookup of a write queued by `Store::group_commit_with_lookup` that
+/// [`claim_and_holder`] takes: the stored fingerprint and response of
+/// `request_id` within `scope`, and the latest merge of `customer_id`, in
+/// one row.
+pub(crate) fn claim_lookup(backend: DatabaseBackend, scope: &str, request_id: &str, customer_id: &str) -> Lookup {
+    Lookup::new(crm_runtime::db::stmt(
+        backend,
+        "SELECT k.fingerprint, k.response, m.merge_id, m.surviving_id FROM (SELECT 1 AS one) AS base \
+         LEFT JOIN idempotency_keys k ON k.scope = ? AND k.request_id = ? \
+         LEFT JOIN (SELECT merge_id, surviving_id FROM customer_merges WHERE merged_id = ? \
+                    ORDER BY applied_at_us DESC LIMIT 1) m ON 1 = 1",
+        vec![scope.into(), request_id.into(), customer_id.into()],
+    ))
+    .with_idempotency_key(scope, request_id)
+    .batched("interaction-claim", claims_sql, vec![scope.into(), request_id.into(), customer_id.into()])
+}
+
+/// `n` lookups of [`claim_lookup`] in one query.
+fn claims_sql(n: usize) -> String {
+    let latest = |column: &str| {
+        format!(
+            "(SELECT {column} FROM customer_merges WHERE merged_id = q.customer_id ORDER BY applied_at_us DESC LIMIT 1)"
+        )
+    };
+    format!(
+        "WITH q (lookup_index, scope, request_id, customer_id) AS (VALUES {}) \
+         SELECT k.fingerprint, k.response, {} AS merge_id, {} AS surviving_id, q.lookup_index FROM q \
+         LEFT JOIN idempotency_keys k ON k.scope = q.scope AND k.request_id = q.request_id",
+        vec!["(?, ?, ?, ?)"; n].join(", "),
+        latest("merge_id"),
+        latest("surviving_id"),
+    )
+}
+
+/// For a write queued by `Store::group_commit_with_lookup` with
+/// [`claim_lookup`] (same scope, request id and customer): the stored
+/// response of the request if its key was seen (see
+/// [`idempotency::seen`]), else the holder of `customer_id`'s facts. On
+/// SQLite the lookup is read ahead for the whole batch, so this costs no
+/// round trip unless the customer was merged away. The caller stores the
+/// key with its response by [`idempotency::record_later`], and changes
+/// nothing else that the lookup reads (merges are applied by the feed
+/// consumer, in transactions of their own).
 pub(crate) async fn claim_and_holder<R: prost::Message + Default>(
     tx: &mut WriteTxn,
-    scope: &str,
     request_id: &str,
     fp: i64,
     customer_id: &str,
 ) -> Result<Result<Holder, R>, RuntimeError> {
     lock_shared(tx).await?;
-    let row = tx
-        .query_one_after_deferred(tx.stmt(
-            "SELECT k.fingerprint, k.response, m.merge_id, m.surviving_id FROM (SELECT 1 AS one) AS base \
-             LEFT JOIN idempotency_keys k ON k.scope = ? AND k.request_id = ? \
-             LEFT JOIN (SELECT merge_id, surviving_id FROM customer_merges WHERE merged_id = ? \
-                        ORDER BY applied_at_us DESC LIMIT 1) m ON 1 = 1",
-            vec![scope.into(), request_id.into(), customer_id.into()],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("claim".into()))?;
+    let row = tx.looked_up().await?.ok_or_else(|| DbErr::RecordNotFound("claim".into()))?;
     let stored_fp: Option<i64> = row.try_get_by_index(0)?;
     if let (Some(stored_fp), false) = (stored_fp, request_id.is_empty()) {
         return match idempotency::seen(fp, stored_fp, row.try_get_by_index(1)?)? {
@@ -239,7 +266,9 @@ pub(crate) async fn claim_and_holder<R: prost::Message + Default>(
     let surviving_id: Option<String> = row.try_get_by_index(3)?;
     match (merge_id, surviving_id) {
         (Some(merge_id), Some(surviving_id)) => {
-            // Merged: follow any later merges of the survivor.
+            // Merged: follow any later merges of the survivor (the lookup
+            // may have been read ahead: the batch's writes before go first).
+            tx.flush_deferred().await?;
             let mut h = holder(&**tx, &surviving_id).await?;
             h.via.insert(0, merge_id);
             Ok(Ok(h))

@@ -296,9 +296,13 @@ pub async fn record_interaction(
     store: &Store,
     cmd: NewInteraction,
 ) -> Result<pb::RecordInteractionResponse, RuntimeError> {
+    let lookup = lifecycle::claim_lookup(store.backend(), INTERACTION_SCOPE, &cmd.request_id, &cmd.customer_id);
     let cmd = Arc::new(cmd);
-    store.group_commit_read_first(move |tx| Box::pin(record_interaction_in(tx, Arc::clone(&cmd)))).await
+    store.group_commit_with_lookup(lookup, move |tx| Box::pin(record_interaction_in(tx, Arc::clone(&cmd)))).await
 }
+
+/// RecordInteraction's idempotency scope.
+const INTERACTION_SCOPE: &str = "RecordInteraction";
 
 /// RecordInteraction's work in `tx`: a refusal leaves it to the caller to
 /// roll back.
@@ -306,13 +310,14 @@ async fn record_interaction_in(
     tx: &mut WriteTxn,
     cmd: Arc<NewInteraction>,
 ) -> Result<pb::RecordInteractionResponse, RuntimeError> {
-    const SCOPE: &str = "RecordInteraction";
-    let holder =
-        match lifecycle::claim_and_holder(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id).await? {
-            Ok(holder) => holder,
-            Err(replay) => return Ok(replay),
-        };
+    let holder = match lifecycle::claim_and_holder(tx, &cmd.request_id, cmd.fingerprint, &cmd.customer_id).await? {
+        Ok(holder) => holder,
+        Err(replay) => return Ok(replay),
+    };
     if cmd.direction == pb::Direction::Outbound && cmd.purpose != pb::Purpose::Unspecified {
+        // The decision reads the contacts recorded so far, those of the
+        // writes before in the batch included.
+        tx.flush_deferred().await?;
         lock_customer_contacts(tx, &holder.id).await?;
         let contact =
             crate::domain::contact::ContactRequest { channel: cmd.channel, purpose: cmd.purpose, at: cmd.occurred_at };
@@ -342,7 +347,7 @@ async fn record_interaction_in(
     .await?;
     lifecycle::note_facts(tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordInteractionResponse { interaction: Some(interaction), sequence };
-    idempotency::record_later(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id, &response);
+    idempotency::record_later(tx, INTERACTION_SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id, &response);
     Ok(response)
 }
 
@@ -353,21 +358,23 @@ fn money(currency: &str, minor: i64) -> Option<Money> {
 /// Record a purchase — the order, its lines and its interaction —
 /// idempotently, group-committed with the writes queued beside it.
 pub async fn record_purchase(store: &Store, cmd: NewPurchase) -> Result<pb::RecordPurchaseResponse, RuntimeError> {
+    let lookup = lifecycle::claim_lookup(store.backend(), PURCHASE_SCOPE, &cmd.request_id, &cmd.customer_id);
     let cmd = Arc::new(cmd);
-    store.group_commit_read_first(move |tx| Box::pin(record_purchase_in(tx, Arc::clone(&cmd)))).await
+    store.group_commit_with_lookup(lookup, move |tx| Box::pin(record_purchase_in(tx, Arc::clone(&cmd)))).await
 }
+
+/// RecordPurchase's idempotency scope.
+const PURCHASE_SCOPE: &str = "RecordPurchase";
 
 /// RecordPurchase's work in `tx`.
 async fn record_purchase_in(
     tx: &mut WriteTxn,
     cmd: Arc<NewPurchase>,
 ) -> Result<pb::RecordPurchaseResponse, RuntimeError> {
-    const SCOPE: &str = "RecordPurchase";
-    let holder =
-        match lifecycle::claim_and_holder(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id).await? {
-            Ok(holder) => holder,
-            Err(replay) => return Ok(replay),
-        };
+    let holder = match lifecycle::claim_and_holder(tx, &cmd.request_id, cmd.fingerprint, &cmd.customer_id).await? {
+        Ok(holder) => holder,
+        Err(replay) => return Ok(replay),
+    };
     let recorded = now();
     let occurred_at_us = cmd.occurred_at.timestamp_micros();
     let order = pb::Order {
@@ -428,7 +435,7 @@ async fn record_purchase_in(
     lifecycle::note_facts(tx, &holder, "orders", &[&order.id]).await?;
     lifecycle::note_facts(tx, &holder, "interactions", &[&interaction.id]).await?;
     let response = pb::RecordPurchaseResponse { order: Some(order), interaction: Some(interaction), sequence };
-    idempotency::record_later(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id, &response);
+    idempotency::record_later(tx, PURCHASE_SCOPE, &cmd.request_id, cmd.fingerprint, &cmd.customer_id, &response);
     Ok(response)
 }
 

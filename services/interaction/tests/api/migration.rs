@@ -57,6 +57,34 @@ async fn migrations_backfill_the_purpose_and_go_down_and_up_again() {
         let conn = store.conn().clone();
         async move { conn.query_one_raw(stmt).await }
     };
+    let feed = |store: &Store| {
+        let conn = store.conn().clone();
+        async move {
+            crm_runtime::eventlog::read_after(&conn, 0, 100)
+                .await
+                .expect("events")
+                .into_iter()
+                .map(|e| (e.sequence, e.stream_key, e.payload))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Events appended before the event log is rebuilt keep their sequences.
+    Migrator::down(store.conn(), Some(1)).await.expect("down the rowid sequence");
+    let mut tx = store.begin_write().await.expect("begin");
+    for customer in ["a", "b", "a"] {
+        let event = pb::InteractionEvent { customer_id: customer.into(), ..Default::default() };
+        tx.append(customer, &event).await.expect("append");
+    }
+    tx.commit().await.expect("commit");
+    let before = feed(&store).await;
+    assert_eq!(before.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    Migrator::up(store.conn(), None).await.expect("up the rowid sequence");
+    assert_eq!(feed(&store).await, before, "the same events under the same sequences");
+    let a = crm_runtime::eventlog::read_stream(store.conn(), "a", 0, 10).await.expect("stream");
+    assert_eq!(a.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1, 3], "the stream index is back");
+    Migrator::down(store.conn(), Some(1)).await.expect("down the rowid sequence");
+    assert_eq!(feed(&store).await, before, "and down again");
+
     Migrator::down(store.conn(), Some(1)).await.expect("down the event-log trace context");
     assert!(count("event_log WHERE traceparent IS NULL").await.is_err(), "the trace columns are gone");
     assert!(count("event_log").await.is_ok(), "the event log stays");
