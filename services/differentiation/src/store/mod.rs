@@ -39,7 +39,7 @@ use crm_runtime::{
     time,
 };
 use futures::future::BoxFuture;
-use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Statement, Value};
 
 use crate::domain::{self, Counts, PurchaseDay};
 
@@ -71,8 +71,8 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
             let customer = event.customer_id.as_str();
             match &event.kind {
                 Some(Kind::InteractionRecorded(r)) => {
-                    let referred = record_interaction(tx, customer, r.interaction.as_ref()).await?;
-                    refresh(tx, customer, now).await?;
+                    let (facts, referred) = interaction_facts(tx, customer, r.interaction.as_ref());
+                    refresh_after(tx, facts, customer, now).await?;
                     // An earlier referral may take the credit from another referrer.
                     if let Some(referred) = referred {
                         values::revalue_referrers(tx, &referred, now).await?;
@@ -82,12 +82,13 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
                     let Some(order) = &p.order else {
                         return Err(RuntimeError::Internal("purchase event without order".into()));
                     };
-                    record_interaction(tx, customer, p.interaction.as_ref()).await?;
-                    record_order(tx, customer, order, now).await?;
-                    refresh(tx, customer, now).await?;
+                    let (mut facts, _) = interaction_facts(tx, customer, p.interaction.as_ref());
+                    facts.extend(record_order(tx, customer, order, now));
+                    refresh_after(tx, facts, customer, now).await?;
                 }
                 Some(Kind::ReturnRecorded(r)) => {
-                    record_interaction(tx, customer, r.interaction.as_ref()).await?;
+                    crm_runtime::db::execute_all(&**tx, interaction_facts(tx, customer, r.interaction.as_ref()).0)
+                        .await?;
                     let owner = match &r.order_return {
                         Some(ret) => apply_return(tx, ret).await?,
                         None => None,
@@ -98,18 +99,16 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
                     }
                 }
                 Some(Kind::SurveyResponseRecorded(s)) => {
-                    record_interaction(tx, customer, s.interaction.as_ref()).await?;
-                    refresh(tx, customer, now).await?;
+                    refresh_after(tx, interaction_facts(tx, customer, s.interaction.as_ref()).0, customer, now).await?;
                 }
                 Some(Kind::ComplaintChanged(c)) => {
                     if c.interaction.is_some() {
-                        record_interaction(tx, customer, c.interaction.as_ref()).await?;
-                        refresh(tx, customer, now).await?;
+                        let facts = interaction_facts(tx, customer, c.interaction.as_ref()).0;
+                        refresh_after(tx, facts, customer, now).await?;
                     }
                 }
                 Some(Kind::DefectionRecorded(d)) => {
-                    record_interaction(tx, customer, d.interaction.as_ref()).await?;
-                    refresh(tx, customer, now).await?;
+                    refresh_after(tx, interaction_facts(tx, customer, d.interaction.as_ref()).0, customer, now).await?;
                     // Valued after the refresh: the score and margin now.
                     if let Some(defection) = &d.defection {
                         defections::record(tx, customer, defection, now).await?;
@@ -195,23 +194,24 @@ impl Projection<ProfileEvent> for IdentityProjection {
     }
 }
 
-/// Keep an interaction (for counts and cost to serve), once per id, with
-/// what a referral or preference statement says. Returns the customer a
-/// referral names.
-async fn record_interaction(tx: &WriteTxn, customer: &str, i: Option<&Interaction>) -> Result<Option<String>, DbErr> {
-    let Some(i) = i.filter(|i| !i.id.is_empty()) else { return Ok(None) };
+/// The statements that keep an interaction (for counts and cost to serve),
+/// once per id, with what a referral or preference statement says, and the
+/// customer a referral names.
+fn interaction_facts(tx: &WriteTxn, customer: &str, i: Option<&Interaction>) -> (Vec<Statement>, Option<String>) {
+    let Some(i) = i.filter(|i| !i.id.is_empty()) else { return (vec![], None) };
     let occur_us = micros(i.occur_time.as_ref(), time::now());
-    tx.execute_raw(tx.stmt(
+    let mut facts = vec![tx.stmt(
         "INSERT INTO customer_interactions (interaction_id, customer_id, channel, interaction_type, occur_us) \
          VALUES (?, ?, ?, ?, ?) ON CONFLICT (interaction_id) DO NOTHING",
         vec![i.id.clone().into(), customer.into(), i.channel.into(), i.r#type.into(), occur_us.into()],
-    ))
-    .await?;
-    values::record_statement(tx, customer, i, occur_us).await
+    )];
+    let (statement, referred) = values::statement_facts(tx, customer, i, occur_us);
+    facts.extend(statement);
+    (facts, referred)
 }
 
-/// Keep an order with its per-category totals.
-async fn record_order(tx: &WriteTxn, customer: &str, order: &Order, now: DateTime<Utc>) -> Result<(), DbErr> {
+/// The statements that keep an order with its per-category totals.
+fn record_order(tx: &WriteTxn, customer: &str, order: &Order, now: DateTime<Utc>) -> Vec<Statement> {
     let at_us = micros(order.occur_time.as_ref(), now);
     let (mut revenue, mut cost) = (0i64, 0i64);
     let mut by_category: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
@@ -225,35 +225,32 @@ async fn record_order(tx: &WriteTxn, customer: &str, order: &Order, now: DateTim
         e.1 = e.1.saturating_add(c);
     }
     // A replayed id (never expected from an exactly-once feed) is ignored
-    // rather than counted twice.
+    // rather than counted twice: the categories go in only with the order.
     let order_id = if order.id.is_empty() { crm_runtime::ids::new_id() } else { order.id.clone() };
-    let inserted = tx
-        .execute_raw(tx.stmt(
-            "INSERT INTO orders (order_id, customer_id, day, occur_us, currency_code, revenue_minor, cost_minor) \
+    let mut out: Vec<Statement> = by_category
+        .into_iter()
+        .map(|(category, (r, c))| {
+            tx.stmt(
+                "INSERT INTO order_categories (order_id, category, revenue_minor, cost_minor) SELECT ?, ?, ?, ? \
+                 WHERE NOT EXISTS (SELECT 1 FROM orders WHERE order_id = ?)",
+                vec![order_id.clone().into(), category.into(), r.into(), c.into(), order_id.clone().into()],
+            )
+        })
+        .collect();
+    out.push(tx.stmt(
+        "INSERT INTO orders (order_id, customer_id, day, occur_us, currency_code, revenue_minor, cost_minor) \
              VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
-            vec![
-                order_id.clone().into(),
-                customer.into(),
-                domain::day_of(at_us).into(),
-                at_us.into(),
-                order.currency_code.clone().into(),
-                revenue.into(),
-                cost.into(),
-            ],
-        ))
-        .await?
-        .rows_affected();
-    if inserted == 0 {
-        return Ok(());
-    }
-    for (category, (r, c)) in by_category {
-        tx.execute_raw(tx.stmt(
-            "INSERT INTO order_categories (order_id, category, revenue_minor, cost_minor) VALUES (?, ?, ?, ?)",
-            vec![order_id.clone().into(), category.into(), r.into(), c.into()],
-        ))
-        .await?;
-    }
-    Ok(())
+        vec![
+            order_id.clone().into(),
+            customer.into(),
+            domain::day_of(at_us).into(),
+            at_us.into(),
+            order.currency_code.clone().into(),
+            revenue.into(),
+            cost.into(),
+        ],
+    ));
+    out
 }
 
 /// Net a return off its order; returns the order's customer, if known.
@@ -325,22 +322,45 @@ async fn forget_derived(tx: &WriteTxn, customer: &str) -> Result<(), DbErr> {
 
 /// Recompute a customer's derived rows from their facts and rescore them.
 pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
+    refresh_after(tx, vec![], customer, now).await
+}
+
+/// Run the `facts` statements, then [`refresh`].
+async fn refresh_after(
+    tx: &WriteTxn,
+    facts: Vec<Statement>,
+    customer: &str,
+    now: DateTime<Utc>,
+) -> Result<(), RuntimeError> {
     if customer.is_empty() {
+        crm_runtime::db::execute_all(&**tx, facts).await?;
         return Ok(());
     }
-    let row = tx
-        .query_one_raw(tx.stmt(
-            "SELECT COUNT(*), MIN(occur_us), MAX(occur_us), COUNT(DISTINCT day), \
-             (SELECT COUNT(*) FROM customer_interactions WHERE customer_id = ?) FROM orders WHERE customer_id = ?",
-            vec![customer.into(), customer.into()],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("count".into()))?;
-    let orders: i64 = row.try_get_by_index(0)?;
-    let first: Option<i64> = row.try_get_by_index(1)?;
-    let last: Option<i64> = row.try_get_by_index(2)?;
-    let transactions: i64 = row.try_get_by_index(3)?;
-    let interactions: i64 = row.try_get_by_index(4)?;
+    let mut ctx = values::Context::load(&**tx).await?;
+    // The interaction count and the purchase days (amounts in the active
+    // model's currency), read with the facts' writes.
+    let currency = ctx.model.as_ref().map_or("", |m| m.currency.as_str());
+    let per_day = tx.stmt(
+        "SELECT (SELECT COUNT(*) FROM customer_interactions WHERE customer_id = ?), d.day, d.n, d.lo, d.hi, d.revenue, d.margin \
+         FROM (SELECT 1 AS one) x LEFT JOIN (SELECT day, COUNT(*) AS n, MIN(occur_us) AS lo, MAX(occur_us) AS hi, \
+         CAST(SUM(CASE WHEN currency_code = ? THEN revenue_minor ELSE 0 END) AS BIGINT) AS revenue, \
+         CAST(SUM(CASE WHEN currency_code = ? THEN revenue_minor - cost_minor ELSE 0 END) AS BIGINT) AS margin \
+         FROM orders WHERE customer_id = ? GROUP BY day) d ON 1 = 1 ORDER BY d.day",
+        vec![customer.into(), currency.into(), currency.into(), customer.into()],
+    );
+    let rows = crm_runtime::db::query_all_after(&**tx, facts, per_day).await?;
+    let (mut interactions, mut orders, mut first, mut last) = (0i64, 0i64, None::<i64>, None::<i64>);
+    let mut days = Vec::with_capacity(rows.len());
+    for r in &rows {
+        interactions = r.try_get_by_index(0)?;
+        let Some(day) = r.try_get_by_index::<Option<i64>>(1)? else { continue };
+        let (lo, hi): (i64, i64) = (r.try_get_by_index(3)?, r.try_get_by_index(4)?);
+        orders += r.try_get_by_index::<i64>(2)?;
+        first = Some(first.map_or(lo, |f| f.min(lo)));
+        last = Some(last.map_or(hi, |l| l.max(hi)));
+        days.push(PurchaseDay { day, revenue_minor: r.try_get_by_index(5)?, margin_minor: r.try_get_by_index(6)? });
+    }
+    let transactions = days.len() as i64;
     if orders == 0 && interactions == 0 {
         // Facts moved away (a merge): nothing is derived from them any more;
         // the tier change log stays, and the referrers credited lose them.
@@ -348,8 +368,9 @@ pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
         segments::reevaluate(tx, customer, now).await?;
         return values::revalue_referrers(tx, customer, now).await;
     }
-    // The derived rows, rebuilt in one round trip on SQLite.
-    let rebuild = vec![
+    // The derived rows and the score, rebuilt in one round trip on SQLite.
+    let scores = models::rescore_customer(tx, ctx.model.as_ref(), customer, &days, now);
+    let mut rebuild = vec![
         tx.stmt("DELETE FROM purchase_days WHERE customer_id = ?", vec![customer.into()]),
         tx.stmt(
             "INSERT INTO purchase_days (customer_id, day) SELECT DISTINCT customer_id, day FROM orders WHERE customer_id = ?",
@@ -379,10 +400,9 @@ pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Resul
         ],
         ),
     ];
-    crm_runtime::db::execute_all(&**tx, rebuild).await?;
-    models::rescore_customer(tx, customer, now).await?;
-    values::revalue(tx, customer, now).await?;
-    values::revalue_referrers(tx, customer, now).await
+    rebuild.extend(scores);
+    let written = values::revalue_in(tx, &mut ctx, rebuild, customer, now).await?;
+    values::revalue_referrers_after(tx, Some(&mut ctx), written, customer, now).await
 }
 
 /// A customer's purchase days (ascending), with that day's revenue and

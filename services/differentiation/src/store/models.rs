@@ -19,7 +19,7 @@ use crm_runtime::{
     server::Shutdown,
     time,
 };
-use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
+use sea_orm::{ConnectionTrait, DbErr, QueryResult, Statement, Value};
 
 use crate::domain::{
     self, bgnbd,
@@ -43,7 +43,7 @@ pub struct StoredModel {
     pub proto: pb::ValueModel,
 }
 
-const COLUMNS: &str = "version, fit_at_us, calibration_end_us, currency_code, horizon_days, monthly_discount_rate, r, alpha, a, b, \
+pub(crate) const COLUMNS: &str = "version, fit_at_us, calibration_end_us, currency_code, horizon_days, monthly_discount_rate, r, alpha, a, b, \
      log_likelihood, customer_count, distinct_triples, p, q, gamma, gg_log_likelihood, gg_customer_count, converged, active, message, covariance";
 
 fn encode_covariance(c: &Option<(Matrix, Matrix)>) -> String {
@@ -64,20 +64,29 @@ fn decode_covariance(text: &str) -> Option<(Matrix, Matrix)> {
 }
 
 fn from_row(r: &QueryResult) -> Result<StoredModel, DbErr> {
+    from_row_at(r, 0)
+}
+
+/// A model from the [`COLUMNS`] of `r` that start at index `base`.
+pub(crate) fn from_row_at(r: &QueryResult, base: usize) -> Result<StoredModel, DbErr> {
+    let at = |i: usize| base + i;
     let ts = |us: i64| chrono::DateTime::from_timestamp_micros(us).map(time::to_timestamp);
-    let version: i64 = r.try_get_by_index(0)?;
-    let currency: String = r.try_get_by_index(3)?;
-    let horizon_days: i32 = r.try_get_by_index(4)?;
-    let monthly_discount_rate: f64 = r.try_get_by_index(5)?;
+    let version: i64 = r.try_get_by_index(at(0))?;
+    let currency: String = r.try_get_by_index(at(3))?;
+    let horizon_days: i32 = r.try_get_by_index(at(4))?;
+    let monthly_discount_rate: f64 = r.try_get_by_index(at(5))?;
     let bg = bgnbd::Params {
-        r: r.try_get_by_index(6)?,
-        alpha: r.try_get_by_index(7)?,
-        a: r.try_get_by_index(8)?,
-        b: r.try_get_by_index(9)?,
+        r: r.try_get_by_index(at(6))?,
+        alpha: r.try_get_by_index(at(7))?,
+        a: r.try_get_by_index(at(8))?,
+        b: r.try_get_by_index(at(9))?,
     };
-    let gg =
-        gamma_gamma::Params { p: r.try_get_by_index(13)?, q: r.try_get_by_index(14)?, gamma: r.try_get_by_index(15)? };
-    let covariance_text: String = r.try_get_by_index(21)?;
+    let gg = gamma_gamma::Params {
+        p: r.try_get_by_index(at(13))?,
+        q: r.try_get_by_index(at(14))?,
+        gamma: r.try_get_by_index(at(15))?,
+    };
+    let covariance_text: String = r.try_get_by_index(at(21))?;
     let proto = pb::ValueModel {
         version,
         r: bg.r,
@@ -87,20 +96,20 @@ fn from_row(r: &QueryResult) -> Result<StoredModel, DbErr> {
         p: gg.p,
         q: gg.q,
         gamma: gg.gamma,
-        log_likelihood: r.try_get_by_index(10)?,
-        converged: r.try_get_by_index(18)?,
-        customer_count: r.try_get_by_index(11)?,
-        fit_time: ts(r.try_get_by_index(1)?),
-        active: r.try_get_by_index(19)?,
+        log_likelihood: r.try_get_by_index(at(10))?,
+        converged: r.try_get_by_index(at(18))?,
+        customer_count: r.try_get_by_index(at(11))?,
+        fit_time: ts(r.try_get_by_index(at(1))?),
+        active: r.try_get_by_index(at(19))?,
         currency_code: currency.clone(),
-        calibration_end_time: ts(r.try_get_by_index(2)?),
+        calibration_end_time: ts(r.try_get_by_index(at(2))?),
         horizon_days,
         monthly_discount_rate,
-        message: r.try_get_by_index(20)?,
-        gamma_gamma_log_likelihood: r.try_get_by_index(16)?,
-        gamma_gamma_customer_count: r.try_get_by_index(17)?,
+        message: r.try_get_by_index(at(20))?,
+        gamma_gamma_log_likelihood: r.try_get_by_index(at(16))?,
+        gamma_gamma_customer_count: r.try_get_by_index(at(17))?,
         time_unit_days: clv::DAYS_PER_UNIT as i32,
-        distinct_triple_count: r.try_get_by_index(12)?,
+        distinct_triple_count: r.try_get_by_index(at(12))?,
     };
     Ok(StoredModel {
         version,
@@ -434,24 +443,30 @@ fn score_values(id: &str, model: &StoredModel, s: &clv::Score, now: DateTime<Utc
     ]
 }
 
-/// Rescore one customer with the active model (inside the consumer's
-/// transaction, after each event that changed them; the consumer holds the
-/// scores lock).
-pub async fn rescore_customer(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
-    let Some(model) = active(&**tx).await? else { return Ok(()) };
-    let days = super::purchase_days(&**tx, customer, &model.currency).await?;
+/// The statements that rescore one customer with the active `model` from
+/// their purchase `days` (amounts in its currency; inside the consumer's transaction, after each event that
+/// changed them; the consumer holds the scores lock).
+pub fn rescore_customer(
+    tx: &WriteTxn,
+    model: Option<&StoredModel>,
+    customer: &str,
+    days: &[domain::PurchaseDay],
+    now: DateTime<Utc>,
+) -> Vec<Statement> {
+    let Some(model) = model else { return vec![] };
     let today = domain::day_of(now.timestamp_micros());
-    tx.execute_raw(tx.stmt("DELETE FROM customer_scores WHERE customer_id = ?", vec![customer.into()])).await?;
-    let Some(summary) = domain::repeat_summary(&days, today) else { return Ok(()) };
+    let mut writes = vec![tx.stmt("DELETE FROM customer_scores WHERE customer_id = ?", vec![customer.into()])];
     // A score the special functions cannot evaluate is left out, not guessed.
-    let Ok(score) = clv::score(&model.model, &customer_of(&summary, &model.currency)) else { return Ok(()) };
-    tx.execute_raw(tx.stmt(
-        "INSERT INTO customer_scores (customer_id, model_version, currency_code, probability_alive, expected_transactions, \
-         expected_margin_minor, clv_minor, scored_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        score_values(customer, &model, &score, now),
-    ))
-    .await?;
-    Ok(())
+    let score = domain::repeat_summary(days, today)
+        .and_then(|summary| clv::score(&model.model, &customer_of(&summary, &model.currency)).ok());
+    if let Some(score) = score {
+        writes.push(tx.stmt(
+            "INSERT INTO customer_scores (customer_id, model_version, currency_code, probability_alive, expected_transactions, \
+             expected_margin_minor, clv_minor, scored_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            score_values(customer, model, &score, now),
+        ));
+    }
+    writes
 }
 
 /// A model ready to score, with its parameter draws.

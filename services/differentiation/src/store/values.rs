@@ -23,7 +23,7 @@ use crm_runtime::{
     time,
 };
 use prost::Message;
-use sea_orm::{ConnectionTrait, DbErr, Value};
+use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
 
 use crate::{
     conversions,
@@ -65,14 +65,26 @@ pub async fn current_policy<C: ConnectionTrait>(c: &C) -> Result<(Policy, i64), 
             vec![],
         ))
         .await?;
-    let Some(r) = row else { return Ok((Policy { version: 1, ..Policy::default() }, 0)) };
-    let version: i64 = r.try_get_by_index(0)?;
-    let body: Vec<u8> = r.try_get_by_index(1)?;
+    match row {
+        Some(r) => policy_at(&r, 0),
+        None => Ok(default_policy()),
+    }
+}
+
+fn default_policy() -> (Policy, i64) {
+    (Policy { version: 1, ..Policy::default() }, 0)
+}
+
+/// The policy in the version, body and creation time columns of `r` that
+/// start at `base`.
+fn policy_at(r: &QueryResult, base: usize) -> Result<(Policy, i64), RuntimeError> {
+    let version: i64 = r.try_get_by_index(base)?;
+    let body: Vec<u8> = r.try_get_by_index(base + 1)?;
     let stored = pb::TierPolicy::decode(body.as_slice())
         .map_err(|e| RuntimeError::Internal(format!("stored tier policy undecodable: {e}")))?;
     let mut policy = conversions::policy_from_proto(&stored);
     policy.version = version;
-    Ok((policy, r.try_get_by_index(2)?))
+    Ok((policy, r.try_get_by_index(base + 2)?))
 }
 
 /// The policy as the API shows it.
@@ -173,40 +185,28 @@ fn names_of(customer: &str, aliases: &HashMap<String, String>) -> Vec<String> {
 /// table backwards from it, as far as [`dv::resolve`] follows it forwards.
 /// A merged-away id stands only for itself.
 async fn names_for<C: ConnectionTrait>(c: &C, customer: &str) -> Result<Vec<String>, DbErr> {
+    let sql = format!("{} SELECT DISTINCT id FROM names", names_cte());
     let mut out = vec![customer.to_owned()];
-    let merged = c
-        .query_one_raw(q(
-            c,
-            "SELECT 1 FROM profile_aliases WHERE alias_id = ? AND profile_id <> alias_id",
-            vec![customer.into()],
-        ))
-        .await?;
-    if merged.is_some() {
-        return Ok(out);
-    }
-    let mut frontier = out.clone();
-    for _ in 0..dv::MAX_ALIAS_HOPS {
-        if frontier.is_empty() {
-            break;
+    for r in c.query_all_raw(q(c, &sql, vec![customer.into(), customer.into()])).await? {
+        let id: String = r.try_get_by_index(0)?;
+        if !out.contains(&id) {
+            out.push(id);
         }
-        let mut next = Vec::new();
-        for chunk in frontier.chunks(super::IN_CHUNK) {
-            let sql = format!(
-                "SELECT alias_id FROM profile_aliases WHERE profile_id IN ({}) AND alias_id <> profile_id",
-                in_list(chunk.len())
-            );
-            let values = chunk.iter().map(|n| Value::from(n.clone())).collect();
-            for r in c.query_all_raw(q(c, &sql, values)).await? {
-                let alias: String = r.try_get_by_index(0)?;
-                if !out.contains(&alias) {
-                    out.push(alias.clone());
-                    next.push(alias);
-                }
-            }
-        }
-        frontier = next;
     }
     Ok(out)
+}
+
+/// `names (id, hops)`: the ids merged into the customer bound twice, as
+/// far back as [`dv::resolve`] follows the aliases forwards, with the
+/// customer itself unless it was merged away.
+fn names_cte() -> String {
+    format!(
+        "WITH RECURSIVE names (id, hops) AS (SELECT CAST(? AS TEXT), 0 WHERE NOT EXISTS \
+         (SELECT 1 FROM profile_aliases WHERE alias_id = ? AND profile_id <> alias_id) \
+         UNION SELECT CAST(a.alias_id AS TEXT), n.hops + 1 FROM names n JOIN profile_aliases a ON a.profile_id = n.id \
+         WHERE a.alias_id <> a.profile_id AND n.hops < {})",
+        dv::MAX_ALIAS_HOPS
+    )
 }
 
 fn in_list(n: usize) -> String {
@@ -262,18 +262,21 @@ async fn credited<C: ConnectionTrait>(c: &C, customer: &str) -> Result<BTreeSet<
 /// Referrers whose credit may include `customer` (referrals naming it or
 /// one of its aliases).
 async fn referrers_of<C: ConnectionTrait>(c: &C, customer: &str) -> Result<BTreeSet<String>, DbErr> {
-    let names = names_for(c, customer).await?;
-    let values = names.iter().map(|n| Value::from(n.clone())).collect();
-    let rows = c
-        .query_all_raw(q(
-            c,
-            &format!(
-                "SELECT DISTINCT customer_id FROM customer_referrals WHERE referred_id IN ({})",
-                in_list(names.len())
-            ),
-            values,
-        ))
-        .await?;
+    referrers_after(c, vec![], customer).await
+}
+
+/// [`referrers_of`] after running the `pending` statements.
+async fn referrers_after<C: ConnectionTrait>(
+    c: &C,
+    pending: Vec<sea_orm::Statement>,
+    customer: &str,
+) -> Result<BTreeSet<String>, DbErr> {
+    let sql = format!(
+        "{} SELECT DISTINCT customer_id FROM customer_referrals WHERE referred_id = ? OR referred_id IN (SELECT id FROM names)",
+        names_cte()
+    );
+    let query = q(c, &sql, vec![customer.into(), customer.into(), customer.into()]);
+    let rows = crm_runtime::db::query_all_after(c, pending, query).await?;
     let mut out = BTreeSet::new();
     for r in &rows {
         let id: String = r.try_get_by_index(0)?;
@@ -308,23 +311,16 @@ async fn totals<C: ConnectionTrait>(
         .collect()
 }
 
-/// The value inputs of one customer (`Some`) or of everyone with facts.
+/// The value inputs of everyone with facts (one customer's: [`load_one`]).
 pub async fn load_inputs<C: ConnectionTrait>(
     c: &C,
     policy: &Policy,
     today: i64,
-    customer: Option<&str>,
 ) -> Result<BTreeMap<String, Inputs>, DbErr> {
     let currency = policy.currency.as_str();
     let mut out: BTreeMap<String, Inputs> = BTreeMap::new();
-    let mut values = vec![];
-    let f = only("customer_id", customer, &mut values);
     for r in c
-        .query_all_raw(q(
-            c,
-            &format!("SELECT customer_id, transaction_count, last_purchase_us FROM customer_summaries WHERE 1 = 1{f}"),
-            values,
-        ))
+        .query_all_raw(q(c, "SELECT customer_id, transaction_count, last_purchase_us FROM customer_summaries", vec![]))
         .await?
     {
         let last: Option<i64> = r.try_get_by_index(2)?;
@@ -340,22 +336,18 @@ pub async fn load_inputs<C: ConnectionTrait>(
     if out.is_empty() {
         return Ok(out);
     }
-    let margins = totals(c, currency, customer).await?;
+    let margins = totals(c, currency, None).await?;
     for (id, (margin, revenue)) in &margins {
         if let Some(i) = out.get_mut(id) {
             i.historical_margin = *margin;
             i.revenue = *revenue;
         }
     }
-    let mut values: Vec<Value> = vec![currency.into()];
-    let f = only("customer_id", customer, &mut values);
     for r in c
         .query_all_raw(q(
             c,
-            &format!(
-                "SELECT customer_id, clv_minor FROM customer_scores WHERE currency_code = ? AND clv_minor IS NOT NULL{f}"
-            ),
-            values,
+            "SELECT customer_id, clv_minor FROM customer_scores WHERE currency_code = ? AND clv_minor IS NOT NULL",
+            vec![currency.into()],
         ))
         .await?
     {
@@ -364,28 +356,23 @@ pub async fn load_inputs<C: ConnectionTrait>(
             i.clv = r.try_get_by_index(1)?;
         }
     }
-    for (id, per_channel) in channel_counts(c, customer).await? {
+    for (id, per_channel) in channel_counts(c, None).await? {
         if let Some(i) = out.get_mut(&id) {
             i.interactions = per_channel;
         }
     }
-    for (id, declared) in declared_wallets(c, currency, customer).await? {
+    for (id, declared) in declared_wallets(c, currency, None).await? {
         if let Some(i) = out.get_mut(&id) {
             i.declared = declared;
         }
     }
-    let since_day = today - dv::WALLET_WINDOW_DAYS;
-    let mut values: Vec<Value> = vec![currency.into(), since_day.into()];
-    let f = only("o.customer_id", customer, &mut values);
     for r in c
         .query_all_raw(q(
             c,
-            &format!(
-                "SELECT o.customer_id, oc.category, CAST(SUM(oc.revenue_minor) AS BIGINT) FROM order_categories oc \
-                 JOIN orders o ON o.order_id = oc.order_id WHERE o.currency_code = ? AND o.day > ?{f} \
-                 GROUP BY o.customer_id, oc.category"
-            ),
-            values,
+            "SELECT o.customer_id, oc.category, CAST(SUM(oc.revenue_minor) AS BIGINT) FROM order_categories oc \
+             JOIN orders o ON o.order_id = oc.order_id WHERE o.currency_code = ? AND o.day > ? \
+             GROUP BY o.customer_id, oc.category",
+            vec![currency.into(), (today - dv::WALLET_WINDOW_DAYS).into()],
         ))
         .await?
     {
@@ -394,30 +381,140 @@ pub async fn load_inputs<C: ConnectionTrait>(
             i.ours.insert(r.try_get_by_index(1)?, r.try_get_by_index(2)?);
         }
     }
-    match customer {
-        Some(id) => {
-            let credited = credited(c, id).await?;
-            if let Some(i) = out.get_mut(id) {
-                i.referred_count = credited.len() as i64;
-                for x in credited {
-                    let t = totals(c, currency, Some(&x)).await?;
-                    i.referral_value = i.referral_value.saturating_add(t.get(&x).map_or(0, |t| t.0));
-                }
-            }
-        }
-        None => {
-            let aliases = aliases(c).await?;
-            let all = referral_rows(c, "", vec![]).await?;
-            for (referrer, referred) in dv::credits(&all, &aliases) {
-                if let Some(i) = out.get_mut(&referrer) {
-                    i.referred_count = referred.len() as i64;
-                    i.referral_value =
-                        referred.iter().fold(0i64, |a, x| a.saturating_add(margins.get(x).map_or(0, |t| t.0)));
-                }
-            }
+    let aliases = aliases(c).await?;
+    let all = referral_rows(c, "", vec![]).await?;
+    for (referrer, referred) in dv::credits(&all, &aliases) {
+        if let Some(i) = out.get_mut(&referrer) {
+            i.referred_count = referred.len() as i64;
+            i.referral_value = referred.iter().fold(0i64, |a, x| a.saturating_add(margins.get(x).map_or(0, |t| t.0)));
         }
     }
     Ok(out)
+}
+
+/// Credit `customer`'s referrals to their inputs `i`.
+async fn credit_referrals<C: ConnectionTrait>(
+    c: &C,
+    currency: &str,
+    customer: &str,
+    i: &mut Inputs,
+) -> Result<(), DbErr> {
+    let credited = credited(c, customer).await?;
+    i.referred_count = credited.len() as i64;
+    for x in credited {
+        let t = totals(c, currency, Some(&x)).await?;
+        i.referral_value = i.referral_value.saturating_add(t.get(&x).map_or(0, |t| t.0));
+    }
+    Ok(())
+}
+
+/// [`load_inputs`] of one customer with their current tier, the rows of
+/// every input read in one statement after the `pending` ones; `None` when
+/// they have no summary.
+async fn load_one<C: ConnectionTrait>(
+    c: &C,
+    pending: Vec<sea_orm::Statement>,
+    policy: &Policy,
+    today: i64,
+    customer: &str,
+) -> Result<Option<(Inputs, Option<Tier>)>, DbErr> {
+    // Every branch yields (part, text, text, number, number, order number, order text).
+    const NONE: &str = "CAST(NULL AS TEXT)";
+    const ZERO: &str = "CAST(NULL AS BIGINT)";
+    let currency = policy.currency.as_str();
+    let sql = format!(
+        "SELECT 1, {NONE}, {NONE}, CAST(transaction_count AS BIGINT), last_purchase_us, {ZERO}, {NONE} \
+         FROM customer_summaries WHERE customer_id = ? \
+         UNION ALL SELECT 2, {NONE}, {NONE}, revenue_minor, cost_minor, {ZERO}, {NONE} \
+         FROM customer_totals WHERE currency_code = ? AND customer_id = ? \
+         UNION ALL SELECT 3, {NONE}, {NONE}, clv_minor, {ZERO}, {ZERO}, {NONE} \
+         FROM customer_scores WHERE currency_code = ? AND clv_minor IS NOT NULL AND customer_id = ? \
+         UNION ALL SELECT 4, {NONE}, {NONE}, CAST(channel AS BIGINT), CAST(COUNT(*) AS BIGINT), {ZERO}, {NONE} \
+         FROM customer_interactions WHERE customer_id = ? GROUP BY channel \
+         UNION ALL SELECT 5, category, currency_code, amount_minor, {ZERO}, occur_us, interaction_id \
+         FROM customer_wallets WHERE customer_id = ? \
+         UNION ALL SELECT 6, oc.category, {NONE}, CAST(SUM(oc.revenue_minor) AS BIGINT), {ZERO}, {ZERO}, {NONE} \
+         FROM order_categories oc JOIN orders o ON o.order_id = oc.order_id \
+         WHERE o.currency_code = ? AND o.day > ? AND o.customer_id = ? GROUP BY oc.category \
+         UNION ALL SELECT 7, {NONE}, {NONE}, CAST(tier AS BIGINT), {ZERO}, {ZERO}, {NONE} \
+         FROM customer_values WHERE customer_id = ? \
+         UNION ALL SELECT 8, {NONE}, {NONE}, {ZERO}, {ZERO}, {ZERO}, {NONE} \
+         FROM customer_referrals WHERE customer_id = ? \
+         ORDER BY 1, 2, 6, 7"
+    );
+    let values: Vec<Value> = vec![
+        customer.into(),
+        currency.into(),
+        customer.into(),
+        currency.into(),
+        customer.into(),
+        customer.into(),
+        customer.into(),
+        currency.into(),
+        (today - dv::WALLET_WINDOW_DAYS).into(),
+        customer.into(),
+        customer.into(),
+        customer.into(),
+    ];
+    let rows = crm_runtime::db::query_all_after(c, pending, q(c, &sql, values)).await?;
+    let (mut inputs, mut current, mut referred) = (None::<Inputs>, None, false);
+    for r in &rows {
+        let part: i32 = r.try_get_by_index(0)?;
+        let text: Option<String> = r.try_get_by_index(1)?;
+        let number: Option<i64> = r.try_get_by_index(3)?;
+        let other: Option<i64> = r.try_get_by_index(4)?;
+        if part == 1 {
+            inputs = Some(Inputs {
+                transactions: number.unwrap_or_default(),
+                last_purchase_day: other.map(domain::day_of),
+                ..Inputs::default()
+            });
+            continue;
+        }
+        let Some(i) = inputs.as_mut() else { return Ok(None) };
+        let number = number.unwrap_or_default();
+        match part {
+            2 => {
+                let cost = other.unwrap_or_default();
+                i.historical_margin = number.saturating_sub(cost);
+                i.revenue = number;
+            }
+            3 => i.clv = Some(number),
+            4 => {
+                i.interactions.insert(number as i32, other.unwrap_or_default());
+            }
+            5 => {
+                declare(&mut i.declared, text.unwrap_or_default(), &r.try_get_by_index::<String>(2)?, number, currency)
+            }
+            6 => {
+                i.ours.insert(text.unwrap_or_default(), number);
+            }
+            7 => current = Tier::from_number(number as i32),
+            _ => referred = true,
+        }
+    }
+    let Some(mut i) = inputs else { return Ok(None) };
+    if referred {
+        credit_referrals(c, currency, customer, &mut i).await?;
+    }
+    Ok(Some((i, current)))
+}
+
+/// Apply one wallet statement (in statement order) to `declared`: a positive
+/// amount in `currency` (or in none) declares the category, anything else
+/// withdraws it.
+fn declare(
+    declared: &mut BTreeMap<String, i64>,
+    category: String,
+    statement_currency: &str,
+    amount: i64,
+    currency: &str,
+) {
+    if amount > 0 && (statement_currency.is_empty() || statement_currency == currency) {
+        declared.insert(category, amount);
+    } else {
+        declared.remove(&category);
+    }
 }
 
 /// Interactions per channel of one customer (`Some`) or of everyone.
@@ -454,14 +551,8 @@ pub(crate) async fn declared_wallets<C: ConnectionTrait>(
     );
     for r in c.query_all_raw(q(c, &sql, values)).await? {
         let declared = out.entry(r.try_get_by_index(0)?).or_default();
-        let category: String = r.try_get_by_index(1)?;
         let cur: String = r.try_get_by_index(2)?;
-        let amount: i64 = r.try_get_by_index(3)?;
-        if amount > 0 && (cur.is_empty() || cur == currency) {
-            declared.insert(category, amount);
-        } else {
-            declared.remove(&category);
-        }
+        declare(declared, r.try_get_by_index(1)?, &cur, r.try_get_by_index(3)?, currency);
     }
     Ok(out)
 }
@@ -487,23 +578,68 @@ fn decode_cuts(s: &str) -> RfmCuts {
 
 async fn state<C: ConnectionTrait>(c: &C) -> Result<Option<State>, DbErr> {
     let row = c
-        .query_one_raw(q(
-            c,
-            "SELECT policy_version, most_valuable_minor, most_growable_minor, rfm_cuts, population FROM tier_state WHERE id = 1",
-            vec![],
-        ))
+        .query_one_raw(q(c, &format!("SELECT {} FROM tier_state WHERE id = 1", STATE_COLUMNS.join(", ")), vec![]))
         .await?;
-    let Some(r) = row else { return Ok(None) };
-    let cuts: String = r.try_get_by_index(3)?;
-    Ok(Some(State {
-        policy_version: r.try_get_by_index(0)?,
+    row.map(|r| state_at(&r, 0)).transpose()
+}
+
+/// The boundaries in the [`STATE_COLUMNS`] of `r` that start at `base`.
+fn state_at(r: &QueryResult, base: usize) -> Result<State, DbErr> {
+    let cuts: String = r.try_get_by_index(base + 3)?;
+    Ok(State {
+        policy_version: r.try_get_by_index(base)?,
         thresholds: Thresholds {
-            most_valuable: r.try_get_by_index(1)?,
-            most_growable: r.try_get_by_index(2)?,
+            most_valuable: r.try_get_by_index(base + 1)?,
+            most_growable: r.try_get_by_index(base + 2)?,
             rfm: decode_cuts(&cuts),
-            population: r.try_get_by_index(4)?,
+            population: r.try_get_by_index(base + 4)?,
         },
-    }))
+    })
+}
+
+const STATE_COLUMNS: [&str; 5] =
+    ["policy_version", "most_valuable_minor", "most_growable_minor", "rfm_cuts", "population"];
+
+/// What updating one customer reads besides their own rows, read in one
+/// round trip: the policy in force, the boundaries, the active value model
+/// and whether any segment is defined.
+pub(crate) struct Context {
+    policy: Policy,
+    state: Option<State>,
+    /// The active value model.
+    pub(crate) model: Option<super::models::StoredModel>,
+    segments: bool,
+}
+
+impl Context {
+    /// Read it.
+    pub(crate) async fn load<C: ConnectionTrait>(c: &C) -> Result<Context, RuntimeError> {
+        let state = STATE_COLUMNS.map(|col| format!("s.{col}")).join(", ");
+        let model = super::models::COLUMNS.split(", ").map(|col| format!("m.{col}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT p.version, p.body, p.created_us, {state}, \
+             (SELECT COUNT(*) FROM (SELECT 1 FROM segments LIMIT 1) z), {model} \
+             FROM (SELECT 1 AS one) x \
+             LEFT JOIN (SELECT version, body, created_us FROM tier_policies ORDER BY version DESC LIMIT 1) p ON 1 = 1 \
+             LEFT JOIN tier_state s ON s.id = 1 \
+             LEFT JOIN value_models m ON m.active = ?"
+        );
+        let r = c
+            .query_one_raw(q(c, &sql, vec![true.into()]))
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("context".into()))?;
+        let present = |i: usize| -> Result<bool, DbErr> { Ok(r.try_get_by_index::<Option<i64>>(i)?.is_some()) };
+        let (policy, _) = if present(0)? { policy_at(&r, 0)? } else { default_policy() };
+        let state = if present(3)? { Some(state_at(&r, 3)?) } else { None };
+        let segments = r.try_get_by_index::<i64>(8)? > 0;
+        let model = if present(9)? { Some(super::models::from_row_at(&r, 9)?) } else { None };
+        Ok(Context { policy, state, model, segments })
+    }
+
+    /// The boundaries, if they were computed under the policy in force.
+    fn boundaries(&self) -> Option<&Thresholds> {
+        self.state.as_ref().filter(|s| s.policy_version == self.policy.version).map(|s| &s.thresholds)
+    }
 }
 
 /// One evaluated customer.
@@ -567,8 +703,9 @@ fn value_values(e: &Evaluated, policy: &Policy, now_us: i64) -> Vec<Value> {
     ]
 }
 
-async fn record_change(tx: &WriteTxn, e: &Evaluated, policy: &Policy, now_us: i64) -> Result<(), DbErr> {
-    tx.execute_raw(tx.stmt(
+/// The statement that logs `e`'s tier change.
+fn change(tx: &WriteTxn, e: &Evaluated, policy: &Policy, now_us: i64) -> sea_orm::Statement {
+    tx.stmt(
         "INSERT INTO tier_changes (id, customer_id, from_tier, to_tier, reason, policy_version, change_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
         vec![
             new_id().into(),
@@ -579,9 +716,7 @@ async fn record_change(tx: &WriteTxn, e: &Evaluated, policy: &Policy, now_us: i6
             policy.version.into(),
             now_us.into(),
         ],
-    ))
-    .await?;
-    Ok(())
+    )
 }
 
 /// Rows per multi-row insert (17 values each).
@@ -595,7 +730,7 @@ pub async fn recompute_all(tx: &WriteTxn, now: DateTime<Utc>) -> Result<(), Runt
     let (policy, _) = current_policy(&**tx).await?;
     let hysteresis = state(&**tx).await?.is_some_and(|s| s.policy_version == policy.version);
     let today = domain::day_of(now.timestamp_micros());
-    let inputs = load_inputs(&**tx, &policy, today, None).await?;
+    let inputs = load_inputs(&**tx, &policy, today).await?;
     let valued: Vec<(dv::Value, &Inputs)> = inputs.values().map(|i| (dv::value(i, &policy), i)).collect();
     let thresholds = dv::thresholds(&valued, &policy, today);
     let mut current: HashMap<String, Tier> = HashMap::new();
@@ -616,9 +751,8 @@ pub async fn recompute_all(tx: &WriteTxn, now: DateTime<Utc>) -> Result<(), Runt
         tx.execute_raw(tx.stmt(&format!("INSERT INTO customer_values ({VALUE_COLUMNS}) VALUES {marks}"), values))
             .await?;
     }
-    for e in evaluated.iter().filter(|e| e.decision.changed) {
-        record_change(tx, e, &policy, now_us).await?;
-    }
+    let changes = evaluated.iter().filter(|e| e.decision.changed).map(|e| change(tx, e, &policy, now_us)).collect();
+    crm_runtime::db::execute_all(&**tx, changes).await?;
     tx.execute_raw(tx.stmt(
         "INSERT INTO tier_state (id, policy_version, most_valuable_minor, most_growable_minor, rfm_cuts, population, computed_us, events_since) \
          VALUES (1, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO UPDATE SET policy_version = excluded.policy_version, \
@@ -671,83 +805,118 @@ pub async fn after_event(tx: &WriteTxn, now: DateTime<Utc>, every: u64) -> Resul
 /// boundaries (all of them, if the boundaries belong to another policy).
 /// The caller (a feed consumer) holds the scores lock.
 pub async fn revalue(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
-    if customer.is_empty() {
-        return Ok(());
-    }
-    let (policy, _) = current_policy(&**tx).await?;
-    let Some(state) = state(&**tx).await?.filter(|s| s.policy_version == policy.version) else {
-        return recompute_all(tx, now).await;
+    let written = revalue_in(tx, &mut Context::load(&**tx).await?, vec![], customer, now).await?;
+    Ok(crm_runtime::db::execute_all(&**tx, written).await?)
+}
+
+/// [`revalue`] after the `pending` statements, with the context already
+/// read (and read again if the boundaries had to be recomputed). Returns
+/// the statements that store the new value, for the caller to run (before
+/// its next read, or with it).
+pub(crate) async fn revalue_in(
+    tx: &WriteTxn,
+    ctx: &mut Context,
+    pending: Vec<sea_orm::Statement>,
+    customer: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<sea_orm::Statement>, RuntimeError> {
+    let Some(thresholds) = ctx.boundaries().filter(|_| !customer.is_empty()) else {
+        crm_runtime::db::execute_all(&**tx, pending).await?;
+        if !customer.is_empty() {
+            recompute_all(tx, now).await?;
+            *ctx = Context::load(&**tx).await?;
+        }
+        return Ok(vec![]);
     };
     let today = domain::day_of(now.timestamp_micros());
-    let inputs = load_inputs(&**tx, &policy, today, Some(customer)).await?;
-    let Some(i) = inputs.get(customer) else {
-        tx.execute_raw(tx.stmt("DELETE FROM customer_values WHERE customer_id = ?", vec![customer.into()])).await?;
-        return super::segments::reevaluate(tx, customer, now).await;
-    };
-    let current = tx
-        .query_one_raw(tx.stmt("SELECT tier FROM customer_values WHERE customer_id = ?", vec![customer.into()]))
-        .await?
-        .map(|r| r.try_get_by_index::<i32>(0))
-        .transpose()?
-        .and_then(Tier::from_number);
-    let e = evaluate(customer.to_owned(), i, &policy, &state.thresholds, today, current, true);
     let now_us = now.timestamp_micros();
-    tx.execute_raw(tx.stmt("DELETE FROM customer_values WHERE customer_id = ?", vec![customer.into()])).await?;
-    tx.execute_raw(tx.stmt(
-        &format!("INSERT INTO customer_values ({VALUE_COLUMNS}) VALUES ({})", in_list(17)),
-        value_values(&e, &policy, now_us),
-    ))
-    .await?;
-    if e.decision.changed {
-        record_change(tx, &e, &policy, now_us).await?;
+    let mut writes = vec![tx.stmt("DELETE FROM customer_values WHERE customer_id = ?", vec![customer.into()])];
+    if let Some((i, current)) = load_one(&**tx, pending, &ctx.policy, today, customer).await? {
+        let e = evaluate(customer.to_owned(), &i, &ctx.policy, thresholds, today, current, true);
+        writes.push(tx.stmt(
+            &format!("INSERT INTO customer_values ({VALUE_COLUMNS}) VALUES ({})", in_list(17)),
+            value_values(&e, &ctx.policy, now_us),
+        ));
+        if e.decision.changed {
+            writes.push(change(tx, &e, &ctx.policy, now_us));
+        }
     }
-    super::segments::reevaluate(tx, customer, now).await
+    if !ctx.segments {
+        return Ok(writes);
+    }
+    crm_runtime::db::execute_all(&**tx, writes).await?;
+    super::segments::reevaluate(tx, customer, now).await?;
+    Ok(vec![])
 }
 
 /// Re-evaluate the referrers whose credit may include `customer`.
 pub async fn revalue_referrers(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
-    for r in referrers_of(&**tx, customer).await? {
-        revalue(tx, &r, now).await?;
+    revalue_referrers_after(tx, None, vec![], customer, now).await
+}
+
+/// Run the `pending` statements, then [`revalue_referrers`] in `ctx` (read
+/// if not given and needed).
+pub(crate) async fn revalue_referrers_after(
+    tx: &WriteTxn,
+    ctx: Option<&mut Context>,
+    pending: Vec<sea_orm::Statement>,
+    customer: &str,
+    now: DateTime<Utc>,
+) -> Result<(), RuntimeError> {
+    let referrers = referrers_after(&**tx, pending, customer).await?;
+    if referrers.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut read;
+    let ctx = match ctx {
+        Some(ctx) => ctx,
+        None => {
+            read = Context::load(&**tx).await?;
+            &mut read
+        }
+    };
+    let mut pending = vec![];
+    for r in referrers {
+        pending = revalue_in(tx, ctx, pending, &r, now).await?;
+    }
+    Ok(crm_runtime::db::execute_all(&**tx, pending).await?)
 }
 
 // ------------------------------------------------------ identity and facts
 
-/// Keep a REFERRAL's referred customer or a PREFERENCE_STATEMENT's needs
-/// and wallet. Returns the referred customer, if any.
-pub async fn record_statement(
+/// The statements that keep a REFERRAL's referred customer or a
+/// PREFERENCE_STATEMENT's needs and wallet, with the referred customer, if
+/// any.
+pub fn statement_facts(
     tx: &WriteTxn,
     customer: &str,
     interaction: &crm_proto::interaction::v1::Interaction,
     occur_us: i64,
-) -> Result<Option<String>, DbErr> {
+) -> (Vec<sea_orm::Statement>, Option<String>) {
     use crm_proto::interaction::v1::InteractionType;
     let id = interaction.id.clone();
     if interaction.r#type == InteractionType::Referral as i32 {
-        let Some(referred) = dv::referred(&interaction.attributes) else { return Ok(None) };
-        tx.execute_raw(tx.stmt(
+        let Some(referred) = dv::referred(&interaction.attributes) else { return (vec![], None) };
+        let insert = tx.stmt(
             "INSERT INTO customer_referrals (interaction_id, customer_id, referred_id, occur_us) VALUES (?, ?, ?, ?) \
              ON CONFLICT (interaction_id) DO NOTHING",
             vec![id.into(), customer.into(), referred.clone().into(), occur_us.into()],
-        ))
-        .await?;
-        return Ok(Some(referred));
+        );
+        return (vec![insert], Some(referred));
     }
     if interaction.r#type != InteractionType::PreferenceStatement as i32 {
-        return Ok(None);
+        return (vec![], None);
     }
     let s = dv::statement(&interaction.attributes);
-    for (need, stated) in &s.needs {
-        tx.execute_raw(tx.stmt(
+    let needs = s.needs.iter().map(|(need, stated)| {
+        tx.stmt(
             "INSERT INTO customer_needs (interaction_id, need, customer_id, stated, occur_us) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (interaction_id, need) DO NOTHING",
             vec![id.clone().into(), need.clone().into(), customer.into(), (*stated).into(), occur_us.into()],
-        ))
-        .await?;
-    }
-    for (category, amount) in &s.wallet {
-        tx.execute_raw(tx.stmt(
+        )
+    });
+    let wallet = s.wallet.iter().map(|(category, amount)| {
+        tx.stmt(
             "INSERT INTO customer_wallets (interaction_id, category, customer_id, currency_code, amount_minor, occur_us) \
              VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (interaction_id, category) DO NOTHING",
             vec![
@@ -758,10 +927,9 @@ pub async fn record_statement(
                 (*amount).into(),
                 occur_us.into(),
             ],
-        ))
-        .await?;
-    }
-    Ok(None)
+        )
+    });
+    (needs.chain(wallet).collect(), None)
 }
 
 /// The tables of interaction facts keyed by interaction id.
@@ -904,8 +1072,8 @@ pub async fn fill(store: &Store, v: &mut pb::CustomerValue, now: DateTime<Utc>) 
     v.tier_policy_version = get(15)?;
     // The breakdowns, from the facts under the policy in force.
     let (policy, _) = current_policy(c).await?;
-    let inputs = load_inputs(c, &policy, domain::day_of(now.timestamp_micros()), Some(&customer)).await?;
-    if let Some(i) = inputs.get(&customer) {
+    let inputs = load_one(c, vec![], &policy, domain::day_of(now.timestamp_micros()), &customer).await?;
+    if let Some((i, _)) = &inputs {
         let pc = policy.currency.as_str();
         v.wallet = dv::growth_by_category(i)
             .into_iter()
