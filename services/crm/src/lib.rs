@@ -48,7 +48,13 @@ pub async fn up(
 pub async fn migrate(kind: ServiceKind, database_url: &str) -> Result<(), MigrateError> {
     let store = Store::connect(database_url, 2).await?;
     match kind {
-        ServiceKind::Identification => store.migrate::<crm_identification::migration::Migrator>().await?,
+        ServiceKind::Identification => {
+            store.migrate::<crm_identification::migration::Migrator>().await?;
+            // Blocking keys of kinds added since the profiles were stored.
+            crm_identification::matcher::backfill(&store)
+                .await
+                .map_err(|e| sea_orm::DbErr::Custom(format!("indexing profiles: {e}")))?;
+        }
         ServiceKind::Interaction => store.migrate::<crm_interaction::migration::Migrator>().await?,
         ServiceKind::Differentiation => store.migrate::<crm_differentiation::migration::Migrator>().await?,
         ServiceKind::Personalization => store.migrate::<crm_personalization::migration::Migrator>().await?,

@@ -152,3 +152,31 @@ async fn up_serves_the_suite_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn migrate_prepares_an_identification_store_without_serving() {
+    use sea_orm::ConnectionTrait;
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/identification.db?mode=rwc", data.path().display());
+    let status = Command::new(env!("CARGO_BIN_EXE_crm"))
+        .args(["migrate", "identification"])
+        .env("CRM_DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The schema is there, and the blocking keys of the current scheme are
+    // marked as given to every stored profile.
+    let store = crm_runtime::db::Store::connect(&url, 1).await.unwrap();
+    let mark = store
+        .conn()
+        .query_one_raw(store.stmt(
+            "SELECT position FROM feed_cursors WHERE name = ?",
+            vec!["identification.blocking_key_scheme".into()],
+        ))
+        .await
+        .unwrap()
+        .map(|r| r.try_get_by_index::<i64>(0).unwrap());
+    assert_eq!(mark, Some(crm_identification::matcher::KEY_SCHEME));
+}

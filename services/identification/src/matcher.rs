@@ -711,9 +711,56 @@ async fn save_trained(
     })
 }
 
+/// Version of the blocking key scheme, raised whenever a key kind is added
+/// (2: `nl:` and `sn:`), so that profiles indexed before get the new keys.
+pub const KEY_SCHEME: i64 = 2;
+
+/// The `feed_cursors` row holding the key scheme the stored keys follow.
+const KEY_SCHEME_MARK: &str = "identification.blocking_key_scheme";
+
 /// Index every live profile that has no records kept yet (a store from
-/// before records were kept), in pages; run at start, before serving.
+/// before records were kept), then, once per raise of [`KEY_SCHEME`], give
+/// every live profile the keys of the new kinds; in pages, run at start,
+/// before serving. Returns the profiles indexed.
 pub async fn backfill(store: &Store) -> Result<u64, RuntimeError> {
+    let unindexed = index_pages(
+        store,
+        "SELECT id FROM profiles p WHERE status = ? AND id > ? \
+         AND NOT EXISTS (SELECT 1 FROM profile_records r WHERE r.profile_id = p.id) ORDER BY id LIMIT 500",
+    )
+    .await?;
+    let mark = store
+        .conn()
+        .query_one_raw(crm_runtime::db::stmt(
+            store.backend(),
+            "SELECT position FROM feed_cursors WHERE name = ?",
+            vec![KEY_SCHEME_MARK.into()],
+        ))
+        .await?
+        .map(|r| r.try_get_by_index::<i64>(0))
+        .transpose()?
+        .unwrap_or(1);
+    if mark >= KEY_SCHEME {
+        return Ok(unindexed);
+    }
+    // Indexing writes only the keys a profile lacks: here those of the new
+    // kinds. Interrupted, it starts over at the next start.
+    let rekeyed =
+        index_pages(store, "SELECT id FROM profiles WHERE status = ? AND id > ? ORDER BY id LIMIT 500").await?;
+    let tx = store.begin_write().await?;
+    tx.execute_raw(tx.stmt(
+        "INSERT INTO feed_cursors (name, position) VALUES (?, ?) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        vec![KEY_SCHEME_MARK.into(), KEY_SCHEME.into()],
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(unindexed + rekeyed)
+}
+
+/// [`index_profile`] every profile `select` lists (bound to the live status
+/// and the last id of the previous page), a page per transaction.
+async fn index_pages(store: &Store, select: &str) -> Result<u64, RuntimeError> {
     let mut after = String::new();
     let mut indexed = 0;
     loop {
@@ -721,8 +768,7 @@ pub async fn backfill(store: &Store) -> Result<u64, RuntimeError> {
             .conn()
             .query_all_raw(crm_runtime::db::stmt(
                 store.backend(),
-                "SELECT id FROM profiles p WHERE status = ? AND id > ? \
-                 AND NOT EXISTS (SELECT 1 FROM profile_records r WHERE r.profile_id = p.id) ORDER BY id LIMIT 500",
+                select,
                 vec![crate::store::status::ACTIVE.into(), after.clone().into()],
             ))
             .await?;

@@ -94,6 +94,13 @@ impl Causes {
         if let Some(best) = earlier.last() {
             let l = levels(best);
             let pattern = format!("{cause}: {}", l.join(" "));
+            if std::env::var_os("SHOW_EXAMPLES").is_some() && cause == "household" {
+                // Generated records only: the values are synthetic.
+                println!(
+                    "  household: {:?} {:?} | {:?} {:?}",
+                    arrival.given_name, arrival.birth_date, best.given_name, best.birth_date
+                );
+            }
             *self.patterns.entry(pattern).or_default() += 1;
         }
     }
@@ -117,7 +124,9 @@ impl Causes {
         let mut patterns: Vec<_> = self.patterns.iter().collect();
         patterns.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         println!("levels (given family birth street postcode locality phone email) of the latest earlier record:");
-        for (p, n) in patterns.into_iter().take(40) {
+        // PATTERNS=n prints more of them.
+        let shown = std::env::var("PATTERNS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+        for (p, n) in patterns.into_iter().take(shown) {
             println!("  {n:5}  {p}");
         }
     }
@@ -203,7 +212,11 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
     for &(_, item) in &base {
         resolve(&item.1, item.0, &mut client).await;
     }
-    client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap();
+    let trained = client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap().into_inner();
+    println!(
+        "trained: version {} converged {} iterations {} pairs {}",
+        trained.matcher_version, trained.converged, trained.iterations, trained.pair_count
+    );
     for &(_, item) in &arrivals {
         resolve(&item.1, item.0, &mut client).await;
     }

@@ -1143,3 +1143,56 @@ async fn the_matcher_is_retrained_on_a_schedule() {
     let next = client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap().into_inner();
     assert!(next.matcher_version >= 3, "{next:?}");
 }
+
+#[tokio::test]
+async fn profiles_indexed_before_a_new_key_kind_get_its_keys_at_start() {
+    // Arrange: a profile whose keys predate the name-and-town and
+    // street-and-name keys.
+    let (server, mut client) = spawn_app().await;
+    let record = crm_identification::domain::matching::Record {
+        given_name: "lucia".into(),
+        family_name: "ferrer".into(),
+        street: "calle mayor 12".into(),
+        postcode: "46001".into(),
+        locality: "valencia".into(),
+        email: "lucia.ferrer@correu.cat".into(),
+        ..Default::default()
+    };
+    let (identifiers, attributes) = crm_identification::matcher::touchpoint_of(&record);
+    let req = pb::ResolveIdentityRequest {
+        identifiers,
+        attributes: Some(attributes),
+        channel: Channel::Web as i32,
+        ..Default::default()
+    };
+    let lucia = client.resolve_identity(req).await.unwrap().into_inner().profile.unwrap();
+    let store = crm_runtime::db::Store::connect(&server.db().url, 2).await.unwrap();
+    let new_keys = async |store: &crm_runtime::db::Store| {
+        let rows = sea_orm::ConnectionTrait::query_all_raw(
+            store.conn(),
+            store.stmt(
+                "SELECT key FROM blocking_keys WHERE profile_id = ? AND (key LIKE 'nl:%' OR key LIKE 'sn:%')",
+                vec![lucia.id.clone().into()],
+            ),
+        )
+        .await
+        .unwrap();
+        rows.len()
+    };
+    assert_eq!(new_keys(&store).await, 2);
+    for sql in [
+        "DELETE FROM blocking_keys WHERE key LIKE 'nl:%' OR key LIKE 'sn:%'",
+        "DELETE FROM feed_cursors WHERE name = 'identification.blocking_key_scheme'",
+    ] {
+        sea_orm::ConnectionTrait::execute_raw(store.conn(), store.stmt(sql, vec![])).await.unwrap();
+    }
+
+    // Act
+    let indexed = crm_identification::matcher::backfill(&store).await.unwrap();
+    let again = crm_identification::matcher::backfill(&store).await.unwrap();
+
+    // Assert: every live profile once, then nothing more to do.
+    assert_eq!(indexed, 1);
+    assert_eq!(again, 0);
+    assert_eq!(new_keys(&store).await, 2);
+}

@@ -19,7 +19,9 @@
 //! | `df:date:f`                        | spelling of both names but the family initial |
 //! | `nn:G:{F1,F2}` (two surnames, sorted) | birth date, address, phone, e-mail        |
 //! | `pc:postcode:G:f`, `pc:postcode:F:g` | birth date, one name's spelling, phone, e-mail |
+//! | `nl:{G,F}:locality`                | birth date, street, postcode, phone, e-mail (a move within the town) |
 //! | `ad:locality:S:number`, `ap:postcode:S:number` | names, birth date, phone, e-mail |
+//! | `sn:S:number:F`                    | birth date, postcode and locality, phone, e-mail |
 //! | `ph:last 7 digits`                 | everything but the phone                     |
 //! | `em:local part`                    | everything but the e-mail local part         |
 //!
@@ -86,12 +88,21 @@ pub fn blocking_keys(r: &Record) -> Vec<String> {
             }
         }
     }
+    // A name is selective within a town, where most people move.
+    if both && !r.locality.is_empty() {
+        keys.push(format!("nl:{lo}:{hi}:{}", r.locality));
+    }
     if let Some((street, number)) = street_key(&r.street) {
         if !r.locality.is_empty() {
             keys.push(format!("ad:{}:{street}:{number}", r.locality));
         }
         if !postcode.is_empty() {
             keys.push(format!("ap:{postcode}:{street}:{number}"));
+        }
+        // The street and the family name survive a mistyped postcode and
+        // locality together.
+        if !family.is_empty() {
+            keys.push(format!("sn:{street}:{number}:{family}"));
         }
     }
     let phone: Vec<u8> = digits(&r.phone).collect();
@@ -188,6 +199,10 @@ pub enum KeyKind {
     FullName,
     /// `pc:` postcode, a name code and the other name's initial.
     PostcodeName,
+    /// `nl:` both name codes and the locality.
+    NameLocality,
+    /// `sn:` street, house number and family name code.
+    StreetName,
     /// `ad:` locality, street and house number.
     LocalityStreet,
     /// `ap:` postcode, street and house number.
@@ -200,13 +215,15 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// Every kind.
-    pub const ALL: [KeyKind; 10] = [
+    pub const ALL: [KeyKind; 12] = [
         KeyKind::NameDate,
         KeyKind::NameYear,
         KeyKind::NameMonthDay,
         KeyKind::DateFamilyInitial,
         KeyKind::FullName,
         KeyKind::PostcodeName,
+        KeyKind::NameLocality,
+        KeyKind::StreetName,
         KeyKind::LocalityStreet,
         KeyKind::PostcodeStreet,
         KeyKind::Phone,
@@ -222,6 +239,8 @@ impl KeyKind {
             KeyKind::DateFamilyInitial => "df",
             KeyKind::FullName => "nn",
             KeyKind::PostcodeName => "pc",
+            KeyKind::NameLocality => "nl",
+            KeyKind::StreetName => "sn",
             KeyKind::LocalityStreet => "ad",
             KeyKind::PostcodeStreet => "ap",
             KeyKind::Phone => "ph",
@@ -253,7 +272,9 @@ impl KeyKind {
             KeyKind::PostcodeName => {
                 &[Field::GivenName, Field::FamilyName, Field::Street, Field::Postcode, Field::Locality, Field::Phone]
             }
-            KeyKind::LocalityStreet | KeyKind::PostcodeStreet | KeyKind::Phone => HOUSEHOLD,
+            // People of one name in one town: the postcode follows the town.
+            KeyKind::NameLocality => &[Field::GivenName, Field::FamilyName, Field::Postcode, Field::Locality],
+            KeyKind::LocalityStreet | KeyKind::PostcodeStreet | KeyKind::StreetName | KeyKind::Phone => HOUSEHOLD,
             // Local parts are often made of the names.
             KeyKind::Email => &[Field::Email, Field::GivenName, Field::FamilyName],
         }
@@ -533,6 +554,8 @@ mod tests {
         assert!(keys.contains(&"nn:JS:GRS:LPS".to_string()), "{keys:?}");
         assert!(keys.contains(&"ad:madrid:MYR:12".to_string()), "{keys:?}");
         assert!(keys.contains(&"ap:28013:MYR:12".to_string()), "{keys:?}");
+        assert!(keys.contains(&"nl:GRS:JS:madrid".to_string()), "{keys:?}");
+        assert!(keys.contains(&"sn:MYR:12:GRS".to_string()), "{keys:?}");
         assert!(keys.contains(&"ph:0111222".to_string()), "{keys:?}");
         assert!(keys.contains(&"em:jose.garcia".to_string()), "{keys:?}");
         let prefixes: HashSet<&str> = keys.iter().filter_map(|k| k.split(':').next()).collect();
@@ -565,6 +588,43 @@ mod tests {
         typo.phone.clear();
         typo.email.clear();
         assert!(shares_key(&a, &typo));
+    }
+
+    /// Whether `a` and `b` share a key, and only of `kind`.
+    fn share_only(a: &Record, b: &Record, kind: KeyKind) -> bool {
+        let kb = blocking_keys(b);
+        let shared: Vec<String> = blocking_keys(a).into_iter().filter(|k| kb.contains(k)).collect();
+        !shared.is_empty() && shared.iter().all(|k| KeyKind::of(k) == Some(kind))
+    }
+
+    #[test]
+    fn a_move_within_the_town_without_a_birth_date_keeps_the_name_key() {
+        // One surname: the full name alone is no key.
+        let a = Record { birth_date: None, family_name: "garcia".into(), ..jose() };
+        let moved = Record {
+            street: "avenida de america 3".into(),
+            postcode: "28002".into(),
+            phone: String::new(),
+            email: String::new(),
+            ..a.clone()
+        };
+        assert!(share_only(&a, &moved, KeyKind::NameLocality));
+        // Another town: nothing in common.
+        assert!(!shares_key(&a, &Record { locality: "getafe".into(), postcode: "28901".into(), ..moved }));
+    }
+
+    #[test]
+    fn a_mistyped_postcode_and_locality_keep_the_street_and_name_key() {
+        let a = Record { birth_date: None, ..jose() };
+        let typos = Record {
+            given_name: "a".into(),
+            postcode: "28031".into(),
+            locality: "marrid".into(),
+            phone: String::new(),
+            email: String::new(),
+            ..a.clone()
+        };
+        assert!(share_only(&a, &typos, KeyKind::StreetName));
     }
 
     #[test]

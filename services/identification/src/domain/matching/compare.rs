@@ -224,7 +224,8 @@ impl ComparisonVector {
 
 /// Compare two records field by field. The locality is `null` when the
 /// postcodes are equal, and so is the e-mail when only a local part made of
-/// the names is shared (both would repeat other fields' evidence).
+/// the names is shared, or two such local parts are merely alike (both
+/// would repeat other fields' evidence).
 pub fn compare(a: &Record, b: &Record) -> ComparisonVector {
     let (given, family) = compare_names(a, b);
     let postcode = compare_postcode(&a.postcode, &b.postcode);
@@ -235,6 +236,13 @@ pub fn compare(a: &Record, b: &Record) -> ComparisonVector {
     // evidence: namesakes have it too.
     let email = match compare_email(&a.email, &b.email) {
         email::SAME_LOCAL if name_derived_local(email_local(&a.email), a, b) => NULL,
+        // Two local parts made of the names that differ only in what is
+        // left (`ana.santos90` / `ana.santos79`) are what namesakes hold.
+        email::SIMILAR
+            if name_derived_local(email_local(&a.email), a, b) && name_derived_local(email_local(&b.email), a, b) =>
+        {
+            NULL
+        }
         level => level,
     };
     ComparisonVector([
@@ -845,5 +853,12 @@ mod tests {
         with_digits.email = "garcia80@gmail.com".into();
         other_provider.email = "garcia80@hotmail.com".into();
         assert_eq!(compare(&with_digits, &other_provider).level(Field::Email), NULL);
+        // Two local parts made of the names, merely alike: namesakes'.
+        with_digits.email = "jose.garcia90@gmail.com".into();
+        other_provider.email = "jose.garcia79@gmail.com".into();
+        assert_eq!(compare(&with_digits, &other_provider).level(Field::Email), NULL);
+        // A typo in a name word is still a similar address.
+        other_provider.email = "jose.garzia90@gmail.com".into();
+        assert_eq!(compare(&with_digits, &other_provider).level(Field::Email), email::SIMILAR);
     }
 }

@@ -8,7 +8,15 @@
 //! A record contradicts another (is taken for a housemate, not the same
 //! person) unless the same e-mail vouches for it, when:
 //! - the birth dates are different (a parent and child may share a given
-//!   name);
+//!   name), unless given and family name agree (the given name exactly or
+//!   but for a typo that changes its length by at most one letter, unlike
+//!   `victor` / `victoria`), so does the street or the phone, and the
+//!   years are less than a generation apart: housemates do not share a
+//!   full name unless they are a father and a son, so that is one person
+//!   with a mistyped birth date;
+//! - the family names are different, the given names not identical and
+//!   the birth dates do not agree (a spouse called `maria` beside
+//!   `mariana`);
 //! - or the given names are different, unless the birth date pins the
 //!   person down and the names still look alike: the dates agree (exactly,
 //!   with day and month transposed, in year and month, or with one digit
@@ -22,7 +30,7 @@
 
 use super::{
     Record,
-    compare::{ComparisonVector, Field, birth_date, compare, email, given},
+    compare::{ComparisonVector, Field, NULL, birth_date, compare, email, family, given, phone, street},
     text::{first_significant_letter, jaro_winkler},
 };
 
@@ -53,7 +61,41 @@ pub fn contradicts_levels(levels: ComparisonVector, touch: &Record, profile: &Re
             .is_some_and(|a| first_significant_letter(&profile.given_name) == Some(a))
             && jaro_winkler(&touch.given_name, &profile.given_name) >= MISTYPED_NAME
     };
-    birth_level == birth_date::DIFFERENT || (given_level == given::DIFFERENT && !(date_agrees && alike()))
+    let family_level = level(Field::FamilyName);
+    // A typo changes a name's length by at most one letter; `victor` and
+    // `victoria` are siblings' names.
+    let one_typo_apart = || touch.given_name.len().abs_diff(profile.given_name.len()) <= 1;
+    // The same full name at the same address or landline, born less than
+    // a generation apart: a mistyped birth date, not a housemate (housemates
+    // do not share given and family name, but a father and a son may).
+    let same_name_at_home = || {
+        !a_generation_apart(touch, profile)
+            && (given_level == given::EXACT || (given_level == given::SIMILAR && one_typo_apart()))
+            && matches!(family_level, family::EXACT | family::SIMILAR)
+            && (matches!(level(Field::Street), street::EXACT | street::SIMILAR)
+                || matches!(level(Field::Phone), phone::EXACT | phone::LAST7))
+    };
+    (birth_level == birth_date::DIFFERENT && !same_name_at_home())
+        || (given_level == given::DIFFERENT && !(date_agrees && alike()))
+        || (family_level == family::DIFFERENT && !matches!(given_level, given::EXACT | NULL) && !date_agrees)
+}
+
+/// Years between two births from which they are taken for a parent and a
+/// child rather than for one mistyped date.
+pub const GENERATION_YEARS: u32 = 12;
+
+/// Born a generation apart, unless the two dates are at most two mistyped
+/// digits apart (`1907-05-07` / `1987-07-07`), day and month swapped or
+/// not (`1970-03-04` / `1990-04-03`). A parent's and a child's dates differ
+/// in more digits but for about one pair in a few hundred.
+fn a_generation_apart(a: &Record, b: &Record) -> bool {
+    let (Some(da), Some(db)) = (a.birth_date, b.birth_date) else { return false };
+    // The decimal digits of YYYYMMDD, compared place by place.
+    let digits = |(y, m, d): (i32, u32, u32)| y.unsigned_abs() % 10_000 * 10_000 + m % 100 * 100 + d % 100;
+    let apart = |x: u32, y: u32| (0..8).filter(|i| x / 10u32.pow(*i) % 10 != y / 10u32.pow(*i) % 10).count();
+    let (y, m, d) = db;
+    let typos = apart(digits(da), digits(db)).min(apart(digits(da), digits((y, d, m))));
+    da.0.abs_diff(db.0) >= GENERATION_YEARS && typos > 2
 }
 
 #[cfg(test)]
@@ -111,6 +153,39 @@ mod tests {
     fn a_housemate_of_another_age_is_someone_else_even_with_the_same_name() {
         let mother = person("mariana", "ferreira vieira", Some((1965, 11, 3)), "");
         assert!(contradicts_person(&person("mariana", "antunes ferreira", Some((1995, 8, 10)), ""), &mother));
+    }
+
+    #[test]
+    fn the_same_full_name_at_home_with_another_birth_date_is_a_typo() {
+        let head = person("juan", "garcia lopez", Some((1970, 3, 4)), "");
+        assert!(!contradicts_person(&person("juan", "garcia lopez", Some((1976, 8, 4)), ""), &head));
+        let antonio = person("antonio", "garcia lopez", Some((1970, 3, 4)), "");
+        assert!(!contradicts_person(&person("antonyo", "garcia lopez", Some((1976, 8, 4)), ""), &antonio));
+        // Siblings with alike names.
+        let victor = person("victor", "campos molina", Some((1975, 4, 30)), "");
+        assert!(contradicts_person(&person("victoria", "campos molina", Some((1979, 5, 31)), ""), &victor));
+        // A generation apart, a father and his son.
+        assert!(contradicts_person(&person("juan", "garcia lopez", Some((1996, 9, 21)), ""), &head));
+        assert!(contradicts_person(&person("juan", "garcia lopez", Some((2001, 3, 14)), ""), &head));
+        // But a date two digits off, or one off with day and month swapped, is mistyped.
+        assert!(!contradicts_person(&person("juan", "garcia lopez", Some((1950, 3, 5)), ""), &head));
+        assert!(!contradicts_person(&person("juan", "garcia lopez", Some((1990, 4, 3)), ""), &head));
+        // Elsewhere, it is a namesake of another age.
+        let mut elsewhere = person("juan", "garcia lopez", Some((1976, 8, 4)), "");
+        elsewhere.street = "avenida de america 3".into();
+        elsewhere.phone.clear();
+        assert!(contradicts_person(&elsewhere, &head));
+    }
+
+    #[test]
+    fn a_spouse_with_a_similar_given_name_is_someone_else() {
+        let maria = person("maria", "ferreira", None, "");
+        assert!(contradicts_person(&person("mariana", "lourenco santos", None, ""), &maria));
+        // The same given name and a different family name is left to the
+        // weights, and so is a similar one born the same day.
+        assert!(!contradicts_person(&person("maria", "lourenco santos", None, ""), &maria));
+        let born = person("maria", "ferreira", Some((1980, 2, 3)), "");
+        assert!(!contradicts_person(&person("mariana", "lourenco santos", Some((1980, 2, 3)), ""), &born));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 pub mod blocking;
 pub mod compare;
 pub mod em;
+pub mod frequencies;
 pub mod generator;
 pub mod household;
 pub mod metrics;
@@ -39,6 +40,7 @@ pub use blocking::{
 };
 pub use compare::{ComparisonVector, FIELD_COUNT, Field, compare};
 pub use em::{Trained, VectorCounts, train, train_counts, train_m, train_m_counts};
+pub use frequencies::NameFrequencies;
 pub use generator::{Corruption, generate, generate_with};
 pub use household::contradicts_person;
 pub use metrics::{Metrics, clusters_from_links, pairwise_metrics, pairwise_metrics_from_links};

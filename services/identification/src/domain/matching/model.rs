@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::Record;
 use super::compare::{ComparisonVector, FIELD_COUNT, Field, NULL, compare};
+use super::frequencies::{Frequencies, NameFrequencies};
 
 /// Smallest probability a model holds (and largest is `1 - MIN_PROBABILITY`),
 /// so that no weight is infinite.
@@ -52,6 +53,10 @@ pub struct MatchModel {
     /// Total weight at or above which (and below `upper`) a pair goes to
     /// review; below it the records are different people.
     pub lower: f64,
+    /// Name frequencies of the base the model was trained on, which move
+    /// the weight of an agreeing name by how common it is (see
+    /// [`super::frequencies`]); empty: no adjustment.
+    pub frequencies: NameFrequencies,
 }
 
 /// What one field contributed to a score.
@@ -110,6 +115,8 @@ pub enum ModelError {
     InvalidProbability(&'static str),
     /// A threshold is not finite, or `lower > upper`.
     InvalidThresholds,
+    /// A name frequency table is inconsistent.
+    InvalidFrequencies,
 }
 
 impl fmt::Display for ModelError {
@@ -123,6 +130,7 @@ impl fmt::Display for ModelError {
             ModelError::SchemaMismatch(field) => write!(f, "match model levels of {field} differ from this version"),
             ModelError::InvalidProbability(field) => write!(f, "invalid m/u probabilities for {field}"),
             ModelError::InvalidThresholds => write!(f, "invalid match thresholds"),
+            ModelError::InvalidFrequencies => write!(f, "invalid name frequencies"),
         }
     }
 }
@@ -168,6 +176,7 @@ pub fn default_model() -> MatchModel {
         lambda: 0.3,
         upper: 14.0,
         lower: 6.0,
+        frequencies: NameFrequencies::default(),
     }
 }
 
@@ -178,7 +187,13 @@ impl Default for MatchModel {
 }
 
 const MAGIC: &[u8; 6] = b"CRMFSM";
-const VERSION: u16 = 1;
+/// Format version written with name frequencies; models without them are
+/// written as [`VERSION_1`], so that a build without frequencies reads them.
+const VERSION: u16 = 2;
+/// The format before name frequencies (still read).
+const VERSION_1: u16 = 1;
+/// Longest value a frequency table stores (longer ones are left out).
+const MAX_VALUE_BYTES: usize = 255;
 
 /// FNV-1a 64 of a byte string (checksum of a serialised model).
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -214,6 +229,46 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(f64::from_le_bytes(a))
     }
+
+    fn u32(&mut self) -> Result<u32, ModelError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    fn u64(&mut self) -> Result<u64, ModelError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A frequency table written by [`write_frequencies`].
+    fn frequencies(&mut self) -> Result<Frequencies, ModelError> {
+        let total = self.u64()?;
+        let mean = self.f64()?;
+        let n = self.u32()? as usize;
+        let mut values = Vec::with_capacity(n.min(self.bytes.len() / 5));
+        for _ in 0..n {
+            let len = usize::from(self.u8()?);
+            let value = std::str::from_utf8(self.take(len)?).map_err(|_| ModelError::InvalidFrequencies)?.to_owned();
+            values.push((value, self.u32()?));
+        }
+        Frequencies::from_parts(total, mean, values).ok_or(ModelError::InvalidFrequencies)
+    }
+}
+
+/// A frequency table: total (u64), mean share (f64), value count (u32),
+/// then each value as its length (u8), its bytes and its count (u32).
+fn write_frequencies(out: &mut Vec<u8>, f: &Frequencies) {
+    let values: Vec<(&str, u32)> = f.values().into_iter().filter(|(v, _)| v.len() <= MAX_VALUE_BYTES).collect();
+    out.extend_from_slice(&f.total().to_le_bytes());
+    out.extend_from_slice(&f.mean().to_le_bytes());
+    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+    for (value, count) in values {
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+    }
 }
 
 impl MatchModel {
@@ -243,9 +298,20 @@ impl MatchModel {
         1.0 / (1.0 + (-log_odds).exp2())
     }
 
-    /// Score a pair of records, with the explanation.
+    /// Score a pair of records, with the explanation: the weights of the
+    /// levels, those of agreeing names adjusted by how common the name is
+    /// ([`super::frequencies`]).
     pub fn score(&self, a: &Record, b: &Record) -> Scored {
-        self.score_vector(compare(a, b))
+        let mut scored = self.score_vector(compare(a, b));
+        if self.frequencies.is_empty() {
+            return scored;
+        }
+        for (f, field) in scored.fields.iter_mut().zip(Field::ALL) {
+            f.weight += self.frequencies.adjustment(field, scored.vector.level(field), a, b);
+        }
+        scored.total_weight = scored.fields.iter().map(|f| f.weight).sum();
+        scored.probability = self.probability(scored.total_weight);
+        scored
     }
 
     /// Score a comparison vector, with the explanation.
@@ -319,12 +385,18 @@ impl MatchModel {
 
     /// Serialise: magic `CRMFSM`, format version (u16), field count (u8),
     /// per field its level count (u8) and `m`, `u` pairs (f64), then
-    /// `lambda`, `upper`, `lower` (f64) and an FNV-1a checksum (u64) of all
-    /// preceding bytes; little-endian throughout.
+    /// `lambda`, `upper`, `lower` (f64), then (version 2) the name
+    /// frequencies: the given name and surname tables (see
+    /// `write_frequencies`), the shares of family names of one, two and
+    /// three or more words and the family name mean share (f64), and an
+    /// FNV-1a checksum (u64) of all preceding bytes; little-endian
+    /// throughout. A model without frequencies is written as version 1.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let with_frequencies = !self.frequencies.is_empty();
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        let version = if with_frequencies { VERSION } else { VERSION_1 };
+        out.extend_from_slice(&version.to_le_bytes());
         out.push(FIELD_COUNT as u8);
         for fm in &self.fields {
             out.push(fm.m.len() as u8);
@@ -336,20 +408,28 @@ impl MatchModel {
         for v in [self.lambda, self.upper, self.lower] {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        if with_frequencies {
+            write_frequencies(&mut out, &self.frequencies.given);
+            write_frequencies(&mut out, &self.frequencies.surnames);
+            for v in self.frequencies.family_words.iter().chain([&self.frequencies.family_mean]) {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         let checksum = fnv1a(&out);
         out.extend_from_slice(&checksum.to_le_bytes());
         out
     }
 
-    /// Read a model written by [`MatchModel::to_bytes`], checking format,
-    /// length, checksum, level scheme and every probability.
+    /// Read a model written by [`MatchModel::to_bytes`] (either version),
+    /// checking format, length, checksum, level scheme and every
+    /// probability.
     pub fn from_bytes(bytes: &[u8]) -> Result<MatchModel, ModelError> {
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err(ModelError::BadMagic);
         }
         let mut r = Reader { bytes: &bytes[MAGIC.len()..] };
         let version = r.u16()?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(ModelError::UnsupportedVersion(version));
         }
         if usize::from(r.u8()?) != FIELD_COUNT {
@@ -369,6 +449,17 @@ impl MatchModel {
             fields.push(FieldModel { field, m, u });
         }
         let (lambda, upper, lower) = (r.f64()?, r.f64()?, r.f64()?);
+        let frequencies = if version == VERSION {
+            let (given, surnames) = (r.frequencies()?, r.frequencies()?);
+            let family_words = [r.f64()?, r.f64()?, r.f64()?];
+            let family_mean = r.f64()?;
+            if !family_words.iter().chain([&family_mean]).all(|p| p.is_finite() && (0.0..=1.0).contains(p)) {
+                return Err(ModelError::InvalidFrequencies);
+            }
+            NameFrequencies { given, surnames, family_words, family_mean }
+        } else {
+            NameFrequencies::default()
+        };
         let body_len = bytes.len() - r.bytes.len();
         let mut checksum = [0u8; 8];
         checksum.copy_from_slice(r.take(8)?);
@@ -380,7 +471,7 @@ impl MatchModel {
         }
         let fields: [FieldModel; FIELD_COUNT] =
             fields.try_into().map_err(|_| ModelError::SchemaMismatch("field count"))?;
-        let model = MatchModel { fields, lambda, upper, lower };
+        let model = MatchModel { fields, lambda, upper, lower, frequencies };
         model.validate()?;
         Ok(model)
     }
@@ -480,6 +571,80 @@ mod tests {
         model.upper = 9.5;
         let bytes = model.to_bytes();
         assert_eq!(MatchModel::from_bytes(&bytes).unwrap(), model);
+    }
+
+    fn with_frequencies() -> MatchModel {
+        let records: Vec<Record> = ["maria", "maria", "maria", "leocadia", "jose", "jose"]
+            .iter()
+            .zip(["garcia lopez", "garcia", "garcia ruiz", "zubizarreta", "lopez garcia", "silva"])
+            .map(|(g, f)| Record { given_name: (*g).into(), family_name: f.into(), ..Record::default() })
+            .collect();
+        MatchModel { frequencies: NameFrequencies::count(&records), ..default_model() }
+    }
+
+    #[test]
+    fn serialisation_round_trips_name_frequencies() {
+        let model = with_frequencies();
+        let bytes = model.to_bytes();
+        assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), VERSION);
+        assert_eq!(MatchModel::from_bytes(&bytes).unwrap(), model);
+        for n in 0..bytes.len() {
+            assert!(MatchModel::from_bytes(&bytes[..n]).is_err());
+        }
+        // Without frequencies the old format is written, and read back.
+        let plain = default_model().to_bytes();
+        assert_eq!(u16::from_le_bytes([plain[6], plain[7]]), VERSION_1);
+        assert_eq!(MatchModel::from_bytes(&plain).unwrap(), default_model());
+    }
+
+    #[test]
+    fn a_stored_model_of_the_first_format_is_read() {
+        // Bytes of a version 1 model, as stored before name frequencies: the
+        // header, the default levels, lambda, thresholds and the checksum.
+        let model = default_model();
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"CRMFSM");
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.push(FIELD_COUNT as u8);
+        for fm in &model.fields {
+            v1.push(fm.m.len() as u8);
+            for (m, u) in fm.m.iter().zip(&fm.u) {
+                v1.extend_from_slice(&m.to_le_bytes());
+                v1.extend_from_slice(&u.to_le_bytes());
+            }
+        }
+        for v in [model.lambda, model.upper, model.lower] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+        let checksum = fnv1a(&v1);
+        v1.extend_from_slice(&checksum.to_le_bytes());
+        assert_eq!(MatchModel::from_bytes(&v1).unwrap(), model);
+    }
+
+    #[test]
+    fn scores_adjust_agreeing_names_by_frequency() {
+        let model = with_frequencies();
+        let person = |g: &str, f: &str| Record {
+            given_name: g.into(),
+            family_name: f.into(),
+            birth_date: Some((1980, 5, 12)),
+            ..Record::default()
+        };
+        let (maria, leocadia) = (person("maria", "garcia"), person("leocadia", "zubizarreta"));
+        let plain = default_model();
+        let common = model.score(&maria, &maria);
+        let rare = model.score(&leocadia, &leocadia);
+        assert!(common.total_weight < plain.score(&maria, &maria).total_weight);
+        assert!(rare.total_weight > plain.score(&leocadia, &leocadia).total_weight);
+        // The explanation carries the adjusted weights and adds up.
+        let sum: f64 = common.fields.iter().map(|f| f.weight).sum();
+        assert!((sum - common.total_weight).abs() < 1e-12);
+        assert!((common.probability - model.probability(common.total_weight)).abs() < 1e-12);
+        // Fields other than names are unchanged.
+        assert_eq!(
+            common.fields[Field::BirthDate.index()],
+            plain.score(&maria, &maria).fields[Field::BirthDate.index()]
+        );
     }
 
     #[test]

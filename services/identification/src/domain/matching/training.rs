@@ -15,6 +15,7 @@ use super::compare::{ComparisonVector, FIELD_COUNT, Field, NULL, compare};
 use super::em::{
     Trained, VectorCounts, clamp, class_likelihoods, enforce_sanity, log_likelihood, normalised, train_m_counts,
 };
+use super::frequencies::NameFrequencies;
 use super::model::{MIN_PROBABILITY, MatchModel};
 use super::rng::SplitMix64;
 
@@ -125,11 +126,13 @@ pub fn estimate_u(model: &MatchModel, records: &[Record], samples: usize, seed: 
 /// [`train_sessions`] on the candidate pairs of every key kind
 /// ([`candidate_vectors_by_kind`]), then thresholds from
 /// [`TrainingOptions::calibration`] (kept when `None`), never below
-/// [`MIN_UPPER`] / [`MIN_LOWER`] bits.
+/// [`MIN_UPPER`] / [`MIN_LOWER`] bits; the model keeps the name
+/// frequencies of `records` ([`NameFrequencies::count`]).
 pub fn train_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> Trained {
     let with_u = estimate_u(model, records, options.u_samples, options.seed, options.threads);
     let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads);
     let mut trained = train_sessions(&with_u, &vectors, options.max_iterations);
+    trained.model.frequencies = NameFrequencies::count(records);
     if let Some((link, review)) = options.calibration
         && trained.model.calibrate(link, review)
     {
