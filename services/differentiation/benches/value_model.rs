@@ -139,7 +139,7 @@ fn event_latency(events: usize) {
             for _ in 0..events {
                 let e = event(&mut rng);
                 let start = Instant::now();
-                apply_once(&store, "interaction", &PurchaseSummaryProjection::default(), &e)
+                apply_once(&store, "interaction", &PurchaseSummaryProjection, &e)
                     .await
                     .unwrap_or_else(|e| panic!("apply: {e}"));
                 took.push(start.elapsed());

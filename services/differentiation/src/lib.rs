@@ -58,7 +58,7 @@ pub async fn start_with(
         name: INTERACTION_FEED.to_owned(),
         store: store.clone(),
         source: Arc::new(InteractionFeed(client::channel(&interaction, None)?)),
-        projection: Arc::new(store::PurchaseSummaryProjection { recompute_events: values.recompute_events }),
+        projection: Arc::new(store::PurchaseSummaryProjection),
     };
     let progress = consumer.spawn(shutdown.clone()).await?;
     let identity = match &settings.peers.identification {
@@ -76,8 +76,9 @@ pub async fn start_with(
     if !values.refit_interval.is_zero() {
         store::models::schedule_refit(store.clone(), values.refit_interval, shutdown.clone());
     }
-    if !values.recompute_interval.is_zero() {
-        tokio::spawn(recompute_periodically(store.clone(), values.recompute_interval, shutdown.clone()));
+    if !values.recompute_interval.is_zero() || values.recompute_events > 0 {
+        let (every, events) = (values.recompute_interval, values.recompute_events);
+        tokio::spawn(recompute_periodically(store.clone(), every, events, shutdown.clone()));
     }
     // Waits for a `min_sequence` end a little before the request times out,
     // so that the answer is DEADLINE_EXCEEDED rather than a cancellation.
@@ -97,16 +98,35 @@ pub async fn start_with(
     spawn(settings, spec, shutdown).await
 }
 
-/// Recompute the tier boundaries every `every` until shutdown (CLVs and
-/// recencies move with time even when no event arrives).
-async fn recompute_periodically(store: Store, every: std::time::Duration, shutdown: Shutdown) {
+/// How often the recompute job looks at the count of events applied.
+const RECOMPUTE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Recompute the tier boundaries every `every` (zero: not by time; CLVs
+/// and recencies move with time even when no event arrives) and once
+/// `events` interaction events (0: not by count) were applied since the
+/// last recompute, until shutdown.
+async fn recompute_periodically(store: Store, every: std::time::Duration, events: u64, shutdown: Shutdown) {
+    let tick = if every.is_zero() { RECOMPUTE_CHECK } else { RECOMPUTE_CHECK.min(every) };
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.wait() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(tick) => {}
         }
+        let by_time = !every.is_zero() && last.elapsed() >= every;
+        let by_count = match store::values::recompute_due(&store, events).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the tier recompute count");
+                false
+            }
+        };
+        if !by_time && !by_count {
+            continue;
+        }
+        last = tokio::time::Instant::now();
         if let Err(e) = store::values::recompute(&store).await {
-            tracing::warn!(error = %e, "periodic tier recompute failed; retrying at the next period");
+            tracing::warn!(error = %e, "tier recompute failed; retrying at the next period");
         }
     }
 }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `CRM_COST_PER_INTERACTION_MINOR` | see [`default_costs`] | `channel=minor,…` overrides of the cost per interaction that seed the first tier policy |
 //! | `CRM_VALUE_CURRENCY` | `EUR` | currency of the first tier policy |
-//! | `CRM_TIER_RECOMPUTE_EVENTS` | `1000` | recompute tier boundaries after this many applied interaction events (0: never) |
+//! | `CRM_TIER_RECOMPUTE_EVENTS` | `1000` | recompute tier boundaries once this many interaction events were applied, in a background job that looks every second (0: never) |
 //! | `CRM_TIER_RECOMPUTE_SECS` | `3600` | and this often (0: never) |
 //! | `CRM_VALUE_REFIT_SECS` | `86400` | refit the lifetime-value model this often, activating it if it converged (0: only by `FitValueModel`) |
 //!

@@ -51,29 +51,24 @@ pub async fn load_cursor<C: ConnectionTrait>(c: &C, name: &str) -> Result<i64, D
     }
 }
 
-/// Move a cursor from `from` to `to`; false if another applier moved it.
-async fn advance_cursor<C: ConnectionTrait>(c: &C, name: &str, from: i64, to: i64) -> Result<bool, DbErr> {
-    let backend = c.get_database_backend();
-    if from == 0 {
-        let r = c
-            .execute_raw(stmt(
-                backend,
-                "INSERT INTO feed_cursors (name, position) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                vec![name.into(), to.into()],
-            ))
-            .await?;
-        if r.rows_affected() == 1 {
-            return Ok(true);
-        }
-    }
-    let r = c
-        .execute_raw(stmt(
-            backend,
-            "UPDATE feed_cursors SET position = ? WHERE name = ? AND position = ?",
-            vec![to.into(), name.into(), from.into()],
-        ))
-        .await?;
-    Ok(r.rows_affected() == 1)
+/// Move a cursor from `to - 1` to `to`, after the write's deferred
+/// statements (on SQLite in the same round trip); false if it was not at
+/// `to - 1`. The first event's cursor may not be stored yet.
+async fn advance_cursor(tx: &mut WriteTxn, name: &str, to: i64) -> Result<bool, DbErr> {
+    let (sql, values) = if to == 1 {
+        (
+            "INSERT INTO feed_cursors (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE \
+             SET position = excluded.position WHERE feed_cursors.position = ? RETURNING position",
+            vec![name.into(), to.into(), (to - 1).into()],
+        )
+    } else {
+        (
+            "UPDATE feed_cursors SET position = ? WHERE name = ? AND position = ? RETURNING position",
+            vec![to.into(), name.into(), (to - 1).into()],
+        )
+    };
+    let advance = tx.stmt(sql, values);
+    Ok(tx.query_one_after_deferred(advance).await?.is_some())
 }
 
 /// What happened to one event.
@@ -85,32 +80,35 @@ pub enum Applied {
     Duplicate,
 }
 
-/// Apply one event exactly once: skip it if the cursor is past it, else run
-/// the projection and advance the cursor in one transaction.
+/// Apply one event exactly once: run the projection and advance the
+/// cursor from the event's predecessor in one transaction. The cursor is
+/// checked where it is advanced, so the common case reads nothing first; a
+/// redelivered event's effects are rolled back, and it is reported as a
+/// duplicate.
 pub async fn apply_once<E: FeedEvent, P: Projection<E> + ?Sized>(
     store: &Store,
     name: &str,
     projection: &P,
     event: &E,
 ) -> Result<Applied, RuntimeError> {
-    let mut tx = store.begin_write().await?;
-    let cursor = load_cursor(&*tx, name).await?;
     let seq = event.sequence();
+    let mut tx = store.begin_write().await?;
+    let applied = projection.apply(&mut tx, event).await;
+    if applied.is_ok() && advance_cursor(&mut tx, name, seq).await? {
+        tx.commit().await?;
+        return Ok(Applied::Applied);
+    }
+    tx.rollback().await?;
+    // Not applied: the stored cursor tells a duplicate from a gap.
+    let cursor = load_cursor(store.conn(), name).await?;
     if seq <= cursor {
-        tx.rollback().await?;
         return Ok(Applied::Duplicate);
     }
     if seq != cursor + 1 {
-        tx.rollback().await?;
         return Err(RuntimeError::Internal(format!("feed {name} skipped from {cursor} to {seq}")));
     }
-    projection.apply(&mut tx, event).await?;
-    if !advance_cursor(&*tx, name, cursor, seq).await? {
-        tx.rollback().await?;
-        return Err(RuntimeError::Aborted(format!("cursor {name} moved concurrently")));
-    }
-    tx.commit().await?;
-    Ok(Applied::Applied)
+    applied?;
+    Err(RuntimeError::Aborted(format!("cursor {name} moved concurrently")))
 }
 
 /// A running consumer's progress, for `min_sequence` waits and readiness.

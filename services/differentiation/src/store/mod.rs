@@ -43,19 +43,10 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Statement, Value};
 
 use crate::domain::{self, Counts, PurchaseDay};
 
-/// Applies interaction events to the purchase and value projections.
-#[derive(Debug, Clone, Copy)]
-pub struct PurchaseSummaryProjection {
-    /// Recompute the tier boundaries after this many events (0: only when
-    /// there are none yet).
-    pub recompute_events: u64,
-}
-
-impl Default for PurchaseSummaryProjection {
-    fn default() -> Self {
-        PurchaseSummaryProjection { recompute_events: 1000 }
-    }
-}
+/// Applies interaction events to the purchase and value projections (each
+/// counted for the tier boundaries' recompute: see [`values::after_event`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PurchaseSummaryProjection;
 
 impl Projection<InteractionEvent> for PurchaseSummaryProjection {
     fn apply<'a>(
@@ -131,7 +122,8 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
                 }
                 Some(Kind::ConsentRecorded(_)) | None => {}
             }
-            values::after_event(tx, now, self.recompute_events).await
+            values::after_event(tx);
+            Ok(())
         })
     }
 }

@@ -781,24 +781,27 @@ pub async fn recompute(store: &Store) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Count an applied interaction event; recompute the boundaries when
-/// `every` events have been applied since the last time (or when there are
-/// none yet).
-pub async fn after_event(tx: &WriteTxn, now: DateTime<Utc>, every: u64) -> Result<(), RuntimeError> {
-    let bumped = tx
-        .query_one_raw(
-            tx.stmt(
-                "UPDATE tier_state SET events_since = events_since + 1 WHERE id = 1 RETURNING events_since",
-                vec![],
-            ),
-        )
-        .await?;
-    let Some(row) = bumped else { return recompute_all(tx, now).await };
-    let since: i64 = row.try_get_by_index(0)?;
-    if every > 0 && since >= every as i64 {
-        recompute_all(tx, now).await?;
+/// Count an applied interaction event, with the write's other deferred
+/// statements. The boundaries are recomputed by the background job once
+/// enough events were counted ([`recompute_due`]), outside the events'
+/// transactions: an event is not held up by the whole population.
+pub fn after_event(tx: &mut WriteTxn) {
+    let bump = tx.stmt("UPDATE tier_state SET events_since = events_since + 1 WHERE id = 1", vec![]);
+    tx.defer(bump);
+}
+
+/// Whether `every` interaction events (0: never) were applied since the
+/// boundaries were last recomputed.
+pub async fn recompute_due(store: &Store, every: u64) -> Result<bool, DbErr> {
+    if every == 0 {
+        return Ok(false);
     }
-    Ok(())
+    let row =
+        store.conn().query_one_raw(store.stmt("SELECT events_since FROM tier_state WHERE id = 1", vec![])).await?;
+    Ok(match row {
+        Some(r) => r.try_get_by_index::<i64>(0)? >= every as i64,
+        None => false,
+    })
 }
 
 /// Re-evaluate one customer's value and tier against the current

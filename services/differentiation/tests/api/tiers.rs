@@ -309,6 +309,40 @@ async fn tiers_follow_the_policy_and_every_change_is_recorded_with_its_reason() 
 }
 
 #[tokio::test]
+async fn the_boundaries_are_recomputed_in_the_background_after_enough_events() {
+    // Arrange: top 10 % Most Valuable, recomputed after every 10 events
+    // (never by time). The first event sets the boundaries from a
+    // population of one; the later, bigger buyers outrank them at once.
+    let policy = Policy {
+        most_valuable_share: 0.1,
+        most_growable_share: 0.0,
+        cost_per_interaction: BTreeMap::new(),
+        hysteresis_share: 0.0,
+        ..Policy::default()
+    };
+    let mut app = spawn_app_with(ValueSettings { recompute_events: 10, ..settings(policy) }).await;
+    let people: Vec<String> = (0..10).map(|_| new_id()).collect();
+    let mut last = 0;
+    for (i, c) in people.iter().enumerate() {
+        last = last.max(buy_margin(&mut app, c, (i as i64 + 1) * 1000).await.1);
+    }
+    assert_eq!(value(&mut app, &people[8], last).await.tier, ValueTier::MostValuable as i32, "stale boundaries");
+
+    // Act: nothing more than waiting for the background job.
+    // Assert: over all ten, only the top customer is Most Valuable.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (eight, nine) = (value(&mut app, &people[8], last).await, value(&mut app, &people[9], last).await);
+        if eight.tier == ValueTier::Normal as i32 {
+            assert_eq!(nine.tier, ValueTier::MostValuable as i32, "{}", nine.tier_reason);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not recomputed: {}", eight.tier_reason);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn hysteresis_keeps_a_customer_near_the_boundary_from_flapping() {
     // Arrange: top 10 % Most Valuable with a 10 % margin, nothing costs.
     let policy = Policy {
