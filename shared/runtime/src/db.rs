@@ -508,6 +508,11 @@ impl WriteTxn {
         self.deferred.push(stmt);
     }
 
+    /// [`defer`](Self::defer) each of `stmts`, in order.
+    pub fn defer_all(&mut self, stmts: impl IntoIterator<Item = Statement>) {
+        self.deferred.extend(stmts);
+    }
+
     /// Store the response of a fresh idempotency claim (as
     /// `idempotency::complete_for`) with this write's deferred statements.
     pub fn complete_later<R: prost::Message>(&mut self, scope: &str, request_id: &str, subject: &str, response: &R) {

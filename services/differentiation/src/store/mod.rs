@@ -63,7 +63,8 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
             match &event.kind {
                 Some(Kind::InteractionRecorded(r)) => {
                     let (facts, referred) = interaction_facts(tx, customer, r.interaction.as_ref());
-                    refresh_after(tx, facts, customer, now).await?;
+                    let written = refresh_after(tx, facts, customer, now).await?;
+                    crm_runtime::db::execute_all(&**tx, written).await?;
                     // An earlier referral may take the credit from another referrer.
                     if let Some(referred) = referred {
                         values::revalue_referrers(tx, &referred, now).await?;
@@ -75,7 +76,8 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
                     };
                     let (mut facts, _) = interaction_facts(tx, customer, p.interaction.as_ref());
                     facts.extend(record_order(tx, customer, order, now));
-                    refresh_after(tx, facts, customer, now).await?;
+                    let written = refresh_after(tx, facts, customer, now).await?;
+                    tx.defer_all(written);
                 }
                 Some(Kind::ReturnRecorded(r)) => {
                     crm_runtime::db::execute_all(&**tx, interaction_facts(tx, customer, r.interaction.as_ref()).0)
@@ -90,16 +92,21 @@ impl Projection<InteractionEvent> for PurchaseSummaryProjection {
                     }
                 }
                 Some(Kind::SurveyResponseRecorded(s)) => {
-                    refresh_after(tx, interaction_facts(tx, customer, s.interaction.as_ref()).0, customer, now).await?;
+                    let facts = interaction_facts(tx, customer, s.interaction.as_ref()).0;
+                    let written = refresh_after(tx, facts, customer, now).await?;
+                    tx.defer_all(written);
                 }
                 Some(Kind::ComplaintChanged(c)) => {
                     if c.interaction.is_some() {
                         let facts = interaction_facts(tx, customer, c.interaction.as_ref()).0;
-                        refresh_after(tx, facts, customer, now).await?;
+                        let written = refresh_after(tx, facts, customer, now).await?;
+                        tx.defer_all(written);
                     }
                 }
                 Some(Kind::DefectionRecorded(d)) => {
-                    refresh_after(tx, interaction_facts(tx, customer, d.interaction.as_ref()).0, customer, now).await?;
+                    let facts = interaction_facts(tx, customer, d.interaction.as_ref()).0;
+                    let written = refresh_after(tx, facts, customer, now).await?;
+                    crm_runtime::db::execute_all(&**tx, written).await?;
                     // Valued after the refresh: the score and margin now.
                     if let Some(defection) = &d.defection {
                         defections::record(tx, customer, defection, now).await?;
@@ -314,19 +321,22 @@ async fn forget_derived(tx: &WriteTxn, customer: &str) -> Result<(), DbErr> {
 
 /// Recompute a customer's derived rows from their facts and rescore them.
 pub async fn refresh(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
-    refresh_after(tx, vec![], customer, now).await
+    let written = refresh_after(tx, vec![], customer, now).await?;
+    Ok(crm_runtime::db::execute_all(&**tx, written).await?)
 }
 
-/// Run the `facts` statements, then [`refresh`].
+/// Run the `facts` statements, then [`refresh`], but for the statements
+/// that store the new values, which are returned for the caller to run
+/// before it reads them (or to defer).
 async fn refresh_after(
     tx: &WriteTxn,
     facts: Vec<Statement>,
     customer: &str,
     now: DateTime<Utc>,
-) -> Result<(), RuntimeError> {
+) -> Result<Vec<Statement>, RuntimeError> {
     if customer.is_empty() {
         crm_runtime::db::execute_all(&**tx, facts).await?;
-        return Ok(());
+        return Ok(vec![]);
     }
     let mut ctx = values::Context::load(&**tx).await?;
     // The interaction count and the purchase days (amounts in the active
@@ -358,7 +368,8 @@ async fn refresh_after(
         // the tier change log stays, and the referrers credited lose them.
         forget_derived(tx, customer).await?;
         segments::reevaluate(tx, customer, now).await?;
-        return values::revalue_referrers(tx, customer, now).await;
+        values::revalue_referrers(tx, customer, now).await?;
+        return Ok(vec![]);
     }
     // The derived rows and the score, rebuilt in one round trip on SQLite.
     let scores = models::rescore_customer(tx, ctx.model.as_ref(), customer, &days, now);
@@ -393,8 +404,7 @@ async fn refresh_after(
         ),
     ];
     rebuild.extend(scores);
-    let written = values::revalue_in(tx, &mut ctx, rebuild, customer, now).await?;
-    values::revalue_referrers_after(tx, Some(&mut ctx), written, customer, now).await
+    values::revalue_with_referrers(tx, &mut ctx, rebuild, customer, now).await
 }
 
 /// A customer's purchase days (ascending), with that day's revenue and

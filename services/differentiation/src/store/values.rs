@@ -262,21 +262,12 @@ async fn credited<C: ConnectionTrait>(c: &C, customer: &str) -> Result<BTreeSet<
 /// Referrers whose credit may include `customer` (referrals naming it or
 /// one of its aliases).
 async fn referrers_of<C: ConnectionTrait>(c: &C, customer: &str) -> Result<BTreeSet<String>, DbErr> {
-    referrers_after(c, vec![], customer).await
-}
-
-/// [`referrers_of`] after running the `pending` statements.
-async fn referrers_after<C: ConnectionTrait>(
-    c: &C,
-    pending: Vec<sea_orm::Statement>,
-    customer: &str,
-) -> Result<BTreeSet<String>, DbErr> {
     let sql = format!(
         "{} SELECT DISTINCT customer_id FROM customer_referrals WHERE referred_id = ? OR referred_id IN (SELECT id FROM names)",
         names_cte()
     );
     let query = q(c, &sql, vec![customer.into(), customer.into(), customer.into()]);
-    let rows = crm_runtime::db::query_all_after(c, pending, query).await?;
+    let rows = c.query_all_raw(query).await?;
     let mut out = BTreeSet::new();
     for r in &rows {
         let id: String = r.try_get_by_index(0)?;
@@ -410,20 +401,32 @@ async fn credit_referrals<C: ConnectionTrait>(
 
 /// [`load_inputs`] of one customer with their current tier, the rows of
 /// every input read in one statement after the `pending` ones; `None` when
-/// they have no summary.
+/// they have no summary. With `referrers`, the same statement also reads
+/// [`referrers_of`] the customer into it.
 async fn load_one<C: ConnectionTrait>(
     c: &C,
     pending: Vec<sea_orm::Statement>,
     policy: &Policy,
     today: i64,
     customer: &str,
+    referrers: Option<&mut BTreeSet<String>>,
 ) -> Result<Option<(Inputs, Option<Tier>)>, DbErr> {
     // Every branch yields (part, text, text, number, number, order number, order text).
     const NONE: &str = "CAST(NULL AS TEXT)";
     const ZERO: &str = "CAST(NULL AS BIGINT)";
     let currency = policy.currency.as_str();
+    let (names, referred_by) = match referrers {
+        Some(_) => (
+            names_cte(),
+            format!(
+                " UNION ALL SELECT 9, customer_id, {NONE}, {ZERO}, {ZERO}, {ZERO}, {NONE} FROM customer_referrals \
+                 WHERE referred_id = ? OR referred_id IN (SELECT id FROM names)"
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     let sql = format!(
-        "SELECT 1, {NONE}, {NONE}, CAST(transaction_count AS BIGINT), last_purchase_us, {ZERO}, {NONE} \
+        "{names} SELECT 1, {NONE}, {NONE}, CAST(transaction_count AS BIGINT), last_purchase_us, {ZERO}, {NONE} \
          FROM customer_summaries WHERE customer_id = ? \
          UNION ALL SELECT 2, {NONE}, {NONE}, revenue_minor, cost_minor, {ZERO}, {NONE} \
          FROM customer_totals WHERE currency_code = ? AND customer_id = ? \
@@ -439,10 +442,14 @@ async fn load_one<C: ConnectionTrait>(
          UNION ALL SELECT 7, {NONE}, {NONE}, CAST(tier AS BIGINT), {ZERO}, {ZERO}, {NONE} \
          FROM customer_values WHERE customer_id = ? \
          UNION ALL SELECT 8, {NONE}, {NONE}, {ZERO}, {ZERO}, {ZERO}, {NONE} \
-         FROM customer_referrals WHERE customer_id = ? \
+         FROM customer_referrals WHERE customer_id = ?{referred_by} \
          ORDER BY 1, 2, 6, 7"
     );
-    let values: Vec<Value> = vec![
+    let mut values: Vec<Value> = Vec::with_capacity(15);
+    if referrers.is_some() {
+        values.extend([customer.into(), customer.into()]);
+    }
+    values.extend([
         customer.into(),
         currency.into(),
         customer.into(),
@@ -455,12 +462,24 @@ async fn load_one<C: ConnectionTrait>(
         customer.into(),
         customer.into(),
         customer.into(),
-    ];
+    ]);
+    if referrers.is_some() {
+        values.push(customer.into());
+    }
     let rows = crm_runtime::db::query_all_after(c, pending, q(c, &sql, values)).await?;
     let (mut inputs, mut current, mut referred) = (None::<Inputs>, None, false);
+    let mut referrers = referrers;
     for r in &rows {
         let part: i32 = r.try_get_by_index(0)?;
         let text: Option<String> = r.try_get_by_index(1)?;
+        if part == 9 {
+            if let (Some(out), Some(id)) = (referrers.as_deref_mut(), text)
+                && id != customer
+            {
+                out.insert(id);
+            }
+            continue;
+        }
         let number: Option<i64> = r.try_get_by_index(3)?;
         let other: Option<i64> = r.try_get_by_index(4)?;
         if part == 1 {
@@ -471,7 +490,7 @@ async fn load_one<C: ConnectionTrait>(
             });
             continue;
         }
-        let Some(i) = inputs.as_mut() else { return Ok(None) };
+        let Some(i) = inputs.as_mut() else { continue };
         let number = number.unwrap_or_default();
         match part {
             2 => {
@@ -823,18 +842,51 @@ pub(crate) async fn revalue_in(
     customer: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<sea_orm::Statement>, RuntimeError> {
+    revalue_reading(tx, ctx, pending, customer, now, None).await
+}
+
+/// [`revalue_in`] `customer`, then the referrers whose credit may include
+/// them (read with the customer's inputs). Returns the statements that
+/// store the new values, for the caller to run or defer.
+pub(crate) async fn revalue_with_referrers(
+    tx: &WriteTxn,
+    ctx: &mut Context,
+    pending: Vec<sea_orm::Statement>,
+    customer: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<sea_orm::Statement>, RuntimeError> {
+    let mut referrers = BTreeSet::new();
+    let mut written = revalue_reading(tx, ctx, pending, customer, now, Some(&mut referrers)).await?;
+    for r in referrers {
+        written = revalue_in(tx, ctx, written, &r, now).await?;
+    }
+    Ok(written)
+}
+
+/// [`revalue_in`], also reading [`referrers_of`] `customer` into `referrers`.
+async fn revalue_reading(
+    tx: &WriteTxn,
+    ctx: &mut Context,
+    pending: Vec<sea_orm::Statement>,
+    customer: &str,
+    now: DateTime<Utc>,
+    referrers: Option<&mut BTreeSet<String>>,
+) -> Result<Vec<sea_orm::Statement>, RuntimeError> {
     let Some(thresholds) = ctx.boundaries().filter(|_| !customer.is_empty()) else {
         crm_runtime::db::execute_all(&**tx, pending).await?;
         if !customer.is_empty() {
             recompute_all(tx, now).await?;
             *ctx = Context::load(&**tx).await?;
+            if let Some(out) = referrers {
+                out.extend(referrers_of(&**tx, customer).await?);
+            }
         }
         return Ok(vec![]);
     };
     let today = domain::day_of(now.timestamp_micros());
     let now_us = now.timestamp_micros();
     let mut writes = vec![tx.stmt("DELETE FROM customer_values WHERE customer_id = ?", vec![customer.into()])];
-    if let Some((i, current)) = load_one(&**tx, pending, &ctx.policy, today, customer).await? {
+    if let Some((i, current)) = load_one(&**tx, pending, &ctx.policy, today, customer, referrers).await? {
         let e = evaluate(customer.to_owned(), &i, &ctx.policy, thresholds, today, current, true);
         writes.push(tx.stmt(
             &format!("INSERT INTO customer_values ({VALUE_COLUMNS}) VALUES ({})", in_list(17)),
@@ -854,30 +906,11 @@ pub(crate) async fn revalue_in(
 
 /// Re-evaluate the referrers whose credit may include `customer`.
 pub async fn revalue_referrers(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
-    revalue_referrers_after(tx, None, vec![], customer, now).await
-}
-
-/// Run the `pending` statements, then [`revalue_referrers`] in `ctx` (read
-/// if not given and needed).
-pub(crate) async fn revalue_referrers_after(
-    tx: &WriteTxn,
-    ctx: Option<&mut Context>,
-    pending: Vec<sea_orm::Statement>,
-    customer: &str,
-    now: DateTime<Utc>,
-) -> Result<(), RuntimeError> {
-    let referrers = referrers_after(&**tx, pending, customer).await?;
+    let referrers = referrers_of(&**tx, customer).await?;
     if referrers.is_empty() {
         return Ok(());
     }
-    let mut read;
-    let ctx = match ctx {
-        Some(ctx) => ctx,
-        None => {
-            read = Context::load(&**tx).await?;
-            &mut read
-        }
-    };
+    let ctx = &mut Context::load(&**tx).await?;
     let mut pending = vec![];
     for r in referrers {
         pending = revalue_in(tx, ctx, pending, &r, now).await?;
@@ -1075,7 +1108,7 @@ pub async fn fill(store: &Store, v: &mut pb::CustomerValue, now: DateTime<Utc>) 
     v.tier_policy_version = get(15)?;
     // The breakdowns, from the facts under the policy in force.
     let (policy, _) = current_policy(c).await?;
-    let inputs = load_one(c, vec![], &policy, domain::day_of(now.timestamp_micros()), &customer).await?;
+    let inputs = load_one(c, vec![], &policy, domain::day_of(now.timestamp_micros()), &customer, None).await?;
     if let Some((i, _)) = &inputs {
         let pc = policy.currency.as_str();
         v.wallet = dv::growth_by_category(i)
