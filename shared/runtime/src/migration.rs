@@ -199,6 +199,63 @@ impl MigrationTrait for EventLogRowidSequence {
     }
 }
 
+/// Rebuild SQLite `tables` as `WITHOUT ROWID` tables (`without_rowid`),
+/// or back as rowid tables, keeping their rows, columns, keys and indexes:
+/// a table keyed by text then is one B-tree instead of two (the rows and
+/// the key's index), so a write touches fewer pages. Nothing happens on
+/// PostgreSQL, nor to a table already in the asked form. Run it in a
+/// transactional migration.
+pub async fn rebuild_sqlite_tables(
+    manager: &SchemaManager<'_>,
+    tables: &[&str],
+    without_rowid: bool,
+) -> Result<(), DbErr> {
+    const SUFFIX: &str = " WITHOUT ROWID";
+    let db = manager.get_connection();
+    if db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
+        return Ok(());
+    }
+    let master = |kind: &str, table: &str| {
+        sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Sqlite,
+            "SELECT sql FROM sqlite_master WHERE type = ? AND tbl_name = ? AND sql IS NOT NULL ORDER BY name",
+            [kind.into(), table.into()],
+        )
+    };
+    for table in tables {
+        let Some(row) = db.query_one_raw(master("table", table)).await? else {
+            return Err(DbErr::Custom(format!("no table {table} to rebuild")));
+        };
+        let sql: String = row.try_get_by_index(0)?;
+        let body = sql.trim_end().strip_suffix(SUFFIX).unwrap_or(sql.trim_end());
+        if (body.len() != sql.trim_end().len()) == without_rowid {
+            continue;
+        }
+        let columns =
+            body.find('(').map(|at| &body[at..]).ok_or_else(|| DbErr::Custom(format!("table {table}: {sql}")))?;
+        let indexes: Vec<String> = db
+            .query_all_raw(master("index", table))
+            .await?
+            .iter()
+            .map(|r| r.try_get_by_index(0))
+            .collect::<Result<_, _>>()?;
+        let rebuilt = format!("{table}_rebuilt");
+        let create = format!("CREATE TABLE \"{rebuilt}\" {columns}{}", if without_rowid { SUFFIX } else { "" });
+        for sql in [
+            create,
+            format!("INSERT INTO \"{rebuilt}\" SELECT * FROM \"{table}\""),
+            format!("DROP TABLE \"{table}\""),
+            format!("ALTER TABLE \"{rebuilt}\" RENAME TO \"{table}\""),
+        ]
+        .into_iter()
+        .chain(indexes)
+        {
+            db.execute_unprepared(&sql).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The runtime's tables alone, with every change to them: the migrator of
 /// stores that hold nothing else (the runtime's own tests).
 #[derive(Debug, Default)]

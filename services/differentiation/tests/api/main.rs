@@ -5,6 +5,7 @@
 mod cdnow;
 mod defections;
 mod lifecycle;
+mod migration;
 mod refit;
 mod retention;
 mod segments;
