@@ -82,9 +82,12 @@ impl DifferentiationApi {
         model: Option<&models::Loaded>,
     ) -> Result<pb::CustomerValue, RuntimeError> {
         let now = time::now();
-        let (summary, update_time) = store::purchase_summary(&self.store, customer, now).await?;
+        // One snapshot: what a consumer commits meanwhile is in all of the
+        // answer or in none of it.
+        let tx = self.store.begin_read().await?;
+        let (summary, update_time) = store::purchase_summary(&tx, customer, now).await?;
         let lifetime_value = match model {
-            Some(m) => models::lifetime_value(&self.store, m, customer, now).await?,
+            Some(m) => models::lifetime_value(&tx, m, customer, now).await?,
             None => None,
         };
         let mut value = pb::CustomerValue {
@@ -94,7 +97,8 @@ impl DifferentiationApi {
             update_time,
             ..Default::default()
         };
-        values::fill(&self.store, &mut value, now).await?;
+        values::fill(&tx, &mut value, now).await?;
+        tx.commit().await?;
         Ok(value)
     }
 

@@ -18,8 +18,8 @@ use std::{
 };
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
+    DbErr, IsolationLevel, QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
@@ -175,6 +175,18 @@ impl Store {
     /// commit among many.
     pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
         self.writer.begin().await
+    }
+
+    /// Begin a read-only transaction whose reads all see one state of the
+    /// store: REPEATABLE READ on PostgreSQL; on SQLite (WAL) the snapshot
+    /// of its first read. For an answer assembled from several reads.
+    pub async fn begin_read(&self) -> Result<DatabaseTransaction, DbErr> {
+        match self.backend() {
+            DatabaseBackend::Postgres => {
+                self.db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await
+            }
+            _ => self.db.begin().await,
+        }
     }
 
     /// Follow the highest committed event-log sequence (for feed tails).

@@ -283,3 +283,24 @@ async fn idempotency_keys_replay_the_first_response() {
     assert!(matches!(idempotency::claim::<ProfileEvent>(&tx, "Other", "k1", 8).await.expect("claim"), Claim::Fresh));
     tx.rollback().await.expect("rollback");
 }
+
+#[tokio::test]
+async fn a_read_transaction_sees_one_state_of_the_store() {
+    let db = TestDb::new("runtime").await;
+    let store = store(&db).await;
+    store.conn().execute_unprepared("CREATE TABLE kv (k BIGINT PRIMARY KEY, v BIGINT NOT NULL)").await.expect("table");
+    store.conn().execute_unprepared("INSERT INTO kv (k, v) VALUES (1, 1)").await.expect("row");
+    async fn read(store: &Store, c: &sea_orm::DatabaseTransaction) -> i64 {
+        let stmt = store.stmt("SELECT v FROM kv WHERE k = 1", vec![]);
+        c.query_one_raw(stmt).await.expect("read").expect("row").try_get_by_index::<i64>(0).expect("v")
+    }
+    let snapshot = store.begin_read().await.expect("begin read");
+    assert_eq!(read(&store, &snapshot).await, 1);
+    let tx = store.begin_write().await.expect("begin write");
+    tx.execute_raw(store.stmt("UPDATE kv SET v = 2 WHERE k = 1", vec![])).await.expect("update");
+    tx.commit().await.expect("commit");
+    assert_eq!(read(&store, &snapshot).await, 1, "a commit after the first read is not seen");
+    snapshot.commit().await.expect("end read");
+    let after = store.begin_read().await.expect("begin read");
+    assert_eq!(read(&store, &after).await, 2);
+}

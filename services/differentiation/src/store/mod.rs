@@ -32,12 +32,7 @@ use crm_proto::{
     identification::v1::{ProfileEvent, profile_event},
     interaction::v1::{Interaction, InteractionEvent, Order, interaction_event::Kind},
 };
-use crm_runtime::{
-    consumer::Projection,
-    db::{Store, WriteTxn},
-    error::RuntimeError,
-    time,
-};
+use crm_runtime::{consumer::Projection, db::WriteTxn, error::RuntimeError, time};
 use futures::future::BoxFuture;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Statement, Value};
 
@@ -438,14 +433,14 @@ pub async fn purchase_days<C: ConnectionTrait>(
 /// The purchase summary of a customer as far as the projection knows (an
 /// unknown customer has an empty history, not an error: prospects have
 /// none), and when it last changed.
-pub async fn purchase_summary(
-    store: &Store,
+pub async fn purchase_summary<C: ConnectionTrait>(
+    c: &C,
     customer: &str,
     now: DateTime<Utc>,
 ) -> Result<(pb::PurchaseSummary, Option<prost_types::Timestamp>), RuntimeError> {
-    let c = store.conn();
     let row = c
-        .query_one_raw(store.stmt(
+        .query_one_raw(values::q(
+            c,
             "SELECT interaction_count, order_count, transaction_count, first_purchase_us, last_purchase_us, updated_at_us \
              FROM customer_summaries WHERE customer_id = ?",
             vec![customer.into()],
@@ -473,7 +468,8 @@ pub async fn purchase_summary(
     };
     let update_time = ts(Some(r.try_get_by_index(5)?));
     let totals = c
-        .query_all_raw(store.stmt(
+        .query_all_raw(values::q(
+            c,
             "SELECT currency_code, revenue_minor, cost_minor, order_count FROM customer_totals WHERE customer_id = ? ORDER BY currency_code",
             vec![customer.into()],
         ))

@@ -494,14 +494,14 @@ pub async fn load_active(store: &Store, cached: Option<Arc<Loaded>>) -> Result<O
 
 /// A customer's lifetime value under a loaded model as of `now`; `None`
 /// before their first purchase or if it cannot be evaluated.
-pub async fn lifetime_value(
-    store: &Store,
+pub async fn lifetime_value<C: ConnectionTrait>(
+    c: &C,
     loaded: &Loaded,
     customer: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<pb::LifetimeValue>, RuntimeError> {
     let m = &loaded.stored;
-    let days = super::purchase_days(store.conn(), customer, &m.currency).await?;
+    let days = super::purchase_days(c, customer, &m.currency).await?;
     let Some(summary) = domain::repeat_summary(&days, domain::day_of(now.timestamp_micros())) else { return Ok(None) };
     let c = customer_of(&summary, &m.currency);
     let Ok(score) = clv::score(&m.model, &c) else { return Ok(None) };

@@ -1056,13 +1056,14 @@ fn money(currency: &str, minor: i64) -> Option<Money> {
 }
 
 /// Fill in what the value projections know of `v.customer_id`.
-pub async fn fill(store: &Store, v: &mut pb::CustomerValue, now: DateTime<Utc>) -> Result<(), RuntimeError> {
-    let c = store.conn();
+pub async fn fill<C: ConnectionTrait>(
+    c: &C,
+    v: &mut pb::CustomerValue,
+    now: DateTime<Utc>,
+) -> Result<(), RuntimeError> {
     let customer = v.customer_id.clone();
     if let Some(r) = c
-        .query_one_raw(
-            store.stmt("SELECT traits FROM customer_traits WHERE customer_id = ?", vec![customer.clone().into()]),
-        )
+        .query_one_raw(q(c, "SELECT traits FROM customer_traits WHERE customer_id = ?", vec![customer.clone().into()]))
         .await?
     {
         let body: Vec<u8> = r.try_get_by_index(0)?;
@@ -1072,7 +1073,8 @@ pub async fn fill(store: &Store, v: &mut pb::CustomerValue, now: DateTime<Utc>) 
     }
     let mut needs: BTreeMap<String, bool> = BTreeMap::new();
     for r in c
-        .query_all_raw(store.stmt(
+        .query_all_raw(q(
+            c,
             "SELECT need, stated FROM customer_needs WHERE customer_id = ? ORDER BY occur_us, interaction_id",
             vec![customer.clone().into()],
         ))
@@ -1082,7 +1084,8 @@ pub async fn fill(store: &Store, v: &mut pb::CustomerValue, now: DateTime<Utc>) 
     }
     v.needs = needs.into_iter().filter(|(_, s)| *s).map(|(n, _)| n).collect();
     let Some(r) = c
-        .query_one_raw(store.stmt(
+        .query_one_raw(q(
+            c,
             &format!("SELECT {VALUE_COLUMNS} FROM customer_values WHERE customer_id = ?"),
             vec![customer.clone().into()],
         ))
