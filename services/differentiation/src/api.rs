@@ -68,38 +68,38 @@ impl DifferentiationApi {
         rows: &[(i64, String)],
         model: Option<&models::Loaded>,
     ) -> Result<Vec<pb::CustomerValue>, RuntimeError> {
-        let mut out = Vec::with_capacity(rows.len());
-        for (_, id) in rows {
-            out.push(self.customer_value(id, model).await?);
-        }
-        Ok(out)
+        self.values_of(rows.iter().map(|(_, id)| id.as_str()), model).await
     }
 
-    /// A customer's value as of now.
-    async fn customer_value(
+    /// The values of `customers` as of now, in order, read in one snapshot:
+    /// what a consumer commits meanwhile is in all of the answer or in none
+    /// of it.
+    async fn values_of<'a>(
         &self,
-        customer: &str,
+        customers: impl ExactSizeIterator<Item = &'a str>,
         model: Option<&models::Loaded>,
-    ) -> Result<pb::CustomerValue, RuntimeError> {
+    ) -> Result<Vec<pb::CustomerValue>, RuntimeError> {
         let now = time::now();
-        // One snapshot: what a consumer commits meanwhile is in all of the
-        // answer or in none of it.
         let tx = self.store.begin_read().await?;
-        let (summary, update_time) = store::purchase_summary(&tx, customer, now).await?;
-        let lifetime_value = match model {
-            Some(m) => models::lifetime_value(&tx, m, customer, now).await?,
-            None => None,
-        };
-        let mut value = pb::CustomerValue {
-            customer_id: customer.to_owned(),
-            summary: Some(summary),
-            lifetime_value,
-            update_time,
-            ..Default::default()
-        };
-        values::fill(&tx, &mut value, now).await?;
+        let mut out = Vec::with_capacity(customers.len());
+        for customer in customers {
+            let (summary, update_time) = store::purchase_summary(&tx, customer, now).await?;
+            let lifetime_value = match model {
+                Some(m) => models::lifetime_value(&tx, m, customer, now).await?,
+                None => None,
+            };
+            let mut value = pb::CustomerValue {
+                customer_id: customer.to_owned(),
+                summary: Some(summary),
+                lifetime_value,
+                update_time,
+                ..Default::default()
+            };
+            values::fill(&tx, &mut value, now).await?;
+            out.push(value);
+        }
         tx.commit().await?;
-        Ok(value)
+        Ok(out)
     }
 
     /// EvaluateRetention for a segment (the request is validated).
@@ -180,8 +180,9 @@ impl DifferentiationService for DifferentiationApi {
         tracing::Span::current().record("customer_id", request.get_ref().customer_id.as_str());
         let as_of = self.consistent(&request, request.get_ref().min_sequence.as_ref()).await?;
         let model = self.active_model().await?;
-        let value = self.customer_value(&request.get_ref().customer_id, model.as_deref()).await?;
-        Ok(Response::new(pb::GetCustomerValueResponse { value: Some(value), as_of_sequence: Some(as_of) }))
+        let customer = request.get_ref().customer_id.as_str();
+        let value = self.values_of(std::iter::once(customer), model.as_deref()).await?.pop();
+        Ok(Response::new(pb::GetCustomerValueResponse { value, as_of_sequence: Some(as_of) }))
     }
 
     #[tracing::instrument(skip_all)]

@@ -165,18 +165,48 @@ async fn rebuild_event_log(manager: &SchemaManager<'_>, sequence_type: &str) -> 
     if db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
         return Ok(());
     }
-    let columns = "sequence, stream_key, kind, recorded_at_us, payload, traceparent, tracestate";
+    let create = format!(
+        "CREATE TABLE \"event_log_rebuilt\" (sequence {sequence_type} NOT NULL PRIMARY KEY, \
+         stream_key varchar NOT NULL, kind varchar NOT NULL, recorded_at_us bigint NOT NULL, \
+         payload blob NOT NULL, traceparent varchar NULL, tracestate varchar NULL)"
+    );
+    replace_sqlite_table(db, "event_log", &create).await
+}
+
+/// The stored SQL of SQLite's `kind` objects (`table`, `index`) of `table`.
+async fn sqlite_schema<C: ConnectionTrait>(db: &C, kind: &str, table: &str) -> Result<Vec<String>, DbErr> {
+    let sql = "SELECT sql FROM sqlite_master WHERE type = ? AND tbl_name = ? AND sql IS NOT NULL ORDER BY name";
+    let stmt =
+        sea_orm::Statement::from_sql_and_values(sea_orm::DatabaseBackend::Sqlite, sql, [kind.into(), table.into()]);
+    db.query_all_raw(stmt).await?.iter().map(|r| r.try_get_by_index(0)).collect()
+}
+
+/// Replace SQLite `table` by the table `create` makes (named
+/// `{table}_rebuilt`), copying every row column by column, then recreate
+/// the table's indexes.
+async fn replace_sqlite_table<C: ConnectionTrait>(db: &C, table: &str, create: &str) -> Result<(), DbErr> {
+    let indexes = sqlite_schema(db, "index", table).await?;
+    let columns: Vec<String> = db
+        .query_all_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Sqlite,
+            "SELECT name FROM pragma_table_info(?) ORDER BY cid",
+            [table.into()],
+        ))
+        .await?
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).map(|c| format!("\"{c}\"")))
+        .collect::<Result<_, _>>()?;
+    let columns = columns.join(", ");
+    let rebuilt = format!("{table}_rebuilt");
     for sql in [
-        format!(
-            "CREATE TABLE event_log_rebuilt (sequence {sequence_type} NOT NULL PRIMARY KEY, \
-             stream_key varchar NOT NULL, kind varchar NOT NULL, recorded_at_us bigint NOT NULL, \
-             payload blob NOT NULL, traceparent varchar NULL, tracestate varchar NULL)"
-        ),
-        format!("INSERT INTO event_log_rebuilt ({columns}) SELECT {columns} FROM event_log ORDER BY sequence"),
-        "DROP TABLE event_log".to_owned(),
-        "ALTER TABLE event_log_rebuilt RENAME TO event_log".to_owned(),
-        "CREATE INDEX event_log_stream_key ON event_log (stream_key)".to_owned(),
-    ] {
+        create.to_owned(),
+        format!("INSERT INTO \"{rebuilt}\" ({columns}) SELECT {columns} FROM \"{table}\""),
+        format!("DROP TABLE \"{table}\""),
+        format!("ALTER TABLE \"{rebuilt}\" RENAME TO \"{table}\""),
+    ]
+    .into_iter()
+    .chain(indexes)
+    {
         db.execute_unprepared(&sql).await?;
     }
     Ok(())
@@ -215,43 +245,18 @@ pub async fn rebuild_sqlite_tables(
     if db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
         return Ok(());
     }
-    let master = |kind: &str, table: &str| {
-        sea_orm::Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Sqlite,
-            "SELECT sql FROM sqlite_master WHERE type = ? AND tbl_name = ? AND sql IS NOT NULL ORDER BY name",
-            [kind.into(), table.into()],
-        )
-    };
     for table in tables {
-        let Some(row) = db.query_one_raw(master("table", table)).await? else {
+        let Some(sql) = sqlite_schema(db, "table", table).await?.pop() else {
             return Err(DbErr::Custom(format!("no table {table} to rebuild")));
         };
-        let sql: String = row.try_get_by_index(0)?;
         let body = sql.trim_end().strip_suffix(SUFFIX).unwrap_or(sql.trim_end());
         if (body.len() != sql.trim_end().len()) == without_rowid {
             continue;
         }
         let columns =
             body.find('(').map(|at| &body[at..]).ok_or_else(|| DbErr::Custom(format!("table {table}: {sql}")))?;
-        let indexes: Vec<String> = db
-            .query_all_raw(master("index", table))
-            .await?
-            .iter()
-            .map(|r| r.try_get_by_index(0))
-            .collect::<Result<_, _>>()?;
-        let rebuilt = format!("{table}_rebuilt");
-        let create = format!("CREATE TABLE \"{rebuilt}\" {columns}{}", if without_rowid { SUFFIX } else { "" });
-        for sql in [
-            create,
-            format!("INSERT INTO \"{rebuilt}\" SELECT * FROM \"{table}\""),
-            format!("DROP TABLE \"{table}\""),
-            format!("ALTER TABLE \"{rebuilt}\" RENAME TO \"{table}\""),
-        ]
-        .into_iter()
-        .chain(indexes)
-        {
-            db.execute_unprepared(&sql).await?;
-        }
+        let suffix = if without_rowid { SUFFIX } else { "" };
+        replace_sqlite_table(db, table, &format!("CREATE TABLE \"{table}_rebuilt\" {columns}{suffix}")).await?;
     }
     Ok(())
 }

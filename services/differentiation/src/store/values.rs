@@ -259,13 +259,14 @@ async fn credited<C: ConnectionTrait>(c: &C, customer: &str) -> Result<BTreeSet<
     Ok(dv::credits(&all, aliases).remove(dv::resolve(customer, aliases)).unwrap_or_default())
 }
 
+/// The referrals naming a customer (bound once) or one of the `names` of
+/// [`names_cte`].
+const REFERRING: &str = "referred_id = ? OR referred_id IN (SELECT id FROM names)";
+
 /// Referrers whose credit may include `customer` (referrals naming it or
 /// one of its aliases).
 async fn referrers_of<C: ConnectionTrait>(c: &C, customer: &str) -> Result<BTreeSet<String>, DbErr> {
-    let sql = format!(
-        "{} SELECT DISTINCT customer_id FROM customer_referrals WHERE referred_id = ? OR referred_id IN (SELECT id FROM names)",
-        names_cte()
-    );
+    let sql = format!("{} SELECT DISTINCT customer_id FROM customer_referrals WHERE {REFERRING}", names_cte());
     let query = q(c, &sql, vec![customer.into(), customer.into(), customer.into()]);
     let rows = c.query_all_raw(query).await?;
     let mut out = BTreeSet::new();
@@ -420,7 +421,7 @@ async fn load_one<C: ConnectionTrait>(
             names_cte(),
             format!(
                 " UNION ALL SELECT 9, customer_id, {NONE}, {ZERO}, {ZERO}, {ZERO}, {NONE} FROM customer_referrals \
-                 WHERE referred_id = ? OR referred_id IN (SELECT id FROM names)"
+                 WHERE {REFERRING}"
             ),
         ),
         None => (String::new(), String::new()),
@@ -827,22 +828,8 @@ pub async fn recompute_due(store: &Store, every: u64) -> Result<bool, DbErr> {
 /// boundaries (all of them, if the boundaries belong to another policy).
 /// The caller (a feed consumer) holds the scores lock.
 pub async fn revalue(tx: &WriteTxn, customer: &str, now: DateTime<Utc>) -> Result<(), RuntimeError> {
-    let written = revalue_in(tx, &mut Context::load(&**tx).await?, vec![], customer, now).await?;
+    let written = revalue_in(tx, &mut Context::load(&**tx).await?, vec![], customer, now, None).await?;
     Ok(crm_runtime::db::execute_all(&**tx, written).await?)
-}
-
-/// [`revalue`] after the `pending` statements, with the context already
-/// read (and read again if the boundaries had to be recomputed). Returns
-/// the statements that store the new value, for the caller to run (before
-/// its next read, or with it).
-pub(crate) async fn revalue_in(
-    tx: &WriteTxn,
-    ctx: &mut Context,
-    pending: Vec<sea_orm::Statement>,
-    customer: &str,
-    now: DateTime<Utc>,
-) -> Result<Vec<sea_orm::Statement>, RuntimeError> {
-    revalue_reading(tx, ctx, pending, customer, now, None).await
 }
 
 /// [`revalue_in`] `customer`, then the referrers whose credit may include
@@ -856,15 +843,19 @@ pub(crate) async fn revalue_with_referrers(
     now: DateTime<Utc>,
 ) -> Result<Vec<sea_orm::Statement>, RuntimeError> {
     let mut referrers = BTreeSet::new();
-    let mut written = revalue_reading(tx, ctx, pending, customer, now, Some(&mut referrers)).await?;
+    let mut written = revalue_in(tx, ctx, pending, customer, now, Some(&mut referrers)).await?;
     for r in referrers {
-        written = revalue_in(tx, ctx, written, &r, now).await?;
+        written = revalue_in(tx, ctx, written, &r, now, None).await?;
     }
     Ok(written)
 }
 
-/// [`revalue_in`], also reading [`referrers_of`] `customer` into `referrers`.
-async fn revalue_reading(
+/// [`revalue`] after the `pending` statements, with the context already
+/// read (and read again if the boundaries had to be recomputed); with
+/// `referrers`, also reading [`referrers_of`] `customer` into it. Returns
+/// the statements that store the new value, for the caller to run (before
+/// its next read, or with it).
+pub(crate) async fn revalue_in(
     tx: &WriteTxn,
     ctx: &mut Context,
     pending: Vec<sea_orm::Statement>,
@@ -913,7 +904,7 @@ pub async fn revalue_referrers(tx: &WriteTxn, customer: &str, now: DateTime<Utc>
     let ctx = &mut Context::load(&**tx).await?;
     let mut pending = vec![];
     for r in referrers {
-        pending = revalue_in(tx, ctx, pending, &r, now).await?;
+        pending = revalue_in(tx, ctx, pending, &r, now, None).await?;
     }
     Ok(crm_runtime::db::execute_all(&**tx, pending).await?)
 }
