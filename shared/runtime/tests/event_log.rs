@@ -304,3 +304,123 @@ async fn a_read_transaction_sees_one_state_of_the_store() {
     let after = store.begin_read().await.expect("begin read");
     assert_eq!(read(&store, &after).await, 2);
 }
+
+/// Every kind of value a write defers reaches the store unchanged, however
+/// the deferred statements are sent: quotes, backslashes, control
+/// characters, bytes, extreme numbers and NULLs read back as they were
+/// bound.
+#[tokio::test]
+async fn deferred_statements_store_every_value_unchanged() {
+    let db = TestDb::new("runtime").await;
+    let store = store(&db).await;
+    let (blob, real) = match store.backend() {
+        sea_orm::DatabaseBackend::Postgres => ("BYTEA", "REAL"),
+        _ => ("BLOB", "REAL"),
+    };
+    store
+        .conn()
+        .execute_unprepared(&format!(
+            "CREATE TABLE vals (id BIGINT PRIMARY KEY, s TEXT, b {blob}, i BIGINT, n INTEGER, f DOUBLE PRECISION, \
+             g {real}, t BOOLEAN)"
+        ))
+        .await
+        .expect("table");
+    let controls: String = (1u8..32).map(char::from).chain(['\u{7f}']).collect();
+    let long: String = "'\\\"$1?E'\\x41'; DROP TABLE vals; --".repeat(4_000);
+    let texts: Vec<Option<String>> = vec![
+        Some(String::new()),
+        Some("O'Brien".into()),
+        Some("back\\slash\\".into()),
+        Some("\\x41\\\\'".into()),
+        Some("E'\\''".into()),
+        Some("$1 $2 $10 ?".into()),
+        Some("'); DELETE FROM vals; --".into()),
+        Some(controls),
+        Some("Zoë 😀 ﷽ \u{202e}".into()),
+        Some(long),
+        None,
+    ];
+    let floats = [0.1, -0.0, 1e-300, 1e300, f64::MAX, f64::MIN_POSITIVE, f64::INFINITY, f64::NAN];
+    let ints = [i64::MIN, i64::MAX, 0, -1];
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    let mut tx = store.begin_write().await.expect("begin");
+    let mut expected = Vec::new();
+    for (k, text) in texts.iter().enumerate() {
+        let id = k as i64;
+        let row = (
+            text.clone(),
+            (k % 2 == 0).then(|| bytes.iter().rev().skip(k).copied().collect::<Vec<u8>>()),
+            ints[k % ints.len()],
+            (k as i32).wrapping_mul(i32::MAX / 7),
+            floats[k % floats.len()],
+            (k as f32) / 3.0,
+            k % 3 == 0,
+        );
+        tx.defer(tx.stmt(
+            "INSERT INTO vals (id, s, b, i, n, f, g, t) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                id.into(),
+                row.0.clone().into(),
+                row.1.clone().into(),
+                row.2.into(),
+                row.3.into(),
+                row.4.into(),
+                row.5.into(),
+                row.6.into(),
+            ],
+        ));
+        expected.push((id, row));
+    }
+    // Text of the statement itself that looks like a parameter stays text.
+    tx.defer(tx.stmt("UPDATE vals SET s = '$1' || s WHERE id = ?", vec![1i64.into()]));
+    expected[1].1.0 = Some("$1O'Brien".into());
+    tx.commit().await.expect("commit");
+
+    let rows = store
+        .conn()
+        .query_all_raw(store.stmt("SELECT id, s, b, i, n, f, g, t FROM vals ORDER BY id", vec![]))
+        .await
+        .expect("read");
+    assert_eq!(rows.len(), expected.len());
+    for (row, (id, want)) in rows.iter().zip(&expected) {
+        assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), *id);
+        assert_eq!(row.try_get_by_index::<Option<String>>(1).unwrap(), want.0, "text of row {id}");
+        assert_eq!(row.try_get_by_index::<Option<Vec<u8>>>(2).unwrap(), want.1, "bytes of row {id}");
+        assert_eq!(row.try_get_by_index::<i64>(3).unwrap(), want.2);
+        assert_eq!(row.try_get_by_index::<i32>(4).unwrap(), want.3);
+        // SQLite stores an integral REAL as an integer (-0.0 reads back 0)
+        // and NaN as NULL.
+        let f: f64 = row.try_get_by_index::<Option<f64>>(5).unwrap().unwrap_or(f64::NAN);
+        let same = match store.backend() {
+            sea_orm::DatabaseBackend::Sqlite => f == want.4,
+            _ => f.to_bits() == want.4.to_bits(),
+        };
+        assert!(same || (f.is_nan() && want.4.is_nan()), "row {id}: {f} != {}", want.4);
+        let g: f32 = match store.backend() {
+            // SQLite keeps REAL as a double.
+            sea_orm::DatabaseBackend::Sqlite => row.try_get_by_index::<f64>(6).unwrap() as f32,
+            _ => row.try_get_by_index(6).unwrap(),
+        };
+        assert_eq!(g.to_bits(), want.5.to_bits());
+        assert_eq!(row.try_get_by_index::<bool>(7).unwrap(), want.6);
+    }
+
+    // Text holding NUL: PostgreSQL text cannot hold it, and the write fails
+    // (bound, as it always was) instead of storing a cut string.
+    let mut tx = store.begin_write().await.expect("begin");
+    tx.defer(tx.stmt("INSERT INTO vals (id, s) VALUES (?, ?)", vec![100i64.into(), "a\0b".into()]));
+    let stored = tx.commit().await;
+    match store.backend() {
+        sea_orm::DatabaseBackend::Postgres => assert!(stored.is_err(), "NUL in text must fail, not be cut"),
+        _ => {
+            stored.expect("SQLite keeps NUL in text");
+            let row = store
+                .conn()
+                .query_one_raw(store.stmt("SELECT s FROM vals WHERE id = 100", vec![]))
+                .await
+                .expect("read")
+                .expect("row");
+            assert_eq!(row.try_get_by_index::<String>(0).unwrap(), "a\0b");
+        }
+    }
+}
