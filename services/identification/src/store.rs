@@ -537,16 +537,17 @@ async fn resolve_in(
             // Seen again: every identifier of this profile used here.
             let mut ids: Vec<identifiers::Model> =
                 holders.iter().filter(|h| h.profile_id == profile_id).cloned().collect();
-            for (n, _) in matches.iter().filter(|(_, p)| *p == profile_id) {
+            let seen: Vec<&Normalized> = matches.iter().filter(|(_, p)| *p == profile_id).map(|(n, _)| n).collect();
+            if !seen.is_empty() {
                 writes.push(
                     identifiers::Entity::update_many()
                         .col_expr(identifiers::Column::LastSeenAtUs, Expr::value(at_us))
-                        .filter(id_condition(n))
+                        .filter(seen.iter().fold(Condition::any(), |any, n| any.add(id_condition(n))))
                         .build(backend),
                 );
-                for i in ids.iter_mut().filter(|i| same_identifier(i, n)) {
-                    i.last_seen_at_us = at_us;
-                }
+            }
+            for i in ids.iter_mut().filter(|i| seen.iter().any(|n| same_identifier(i, n))) {
+                i.last_seen_at_us = at_us;
             }
             let new_rows = identifier_rows(&profile_id, &unowned, cmd.channel as i32, at_us);
             writes.extend(insert_identifiers_statement(backend, &new_rows));
@@ -1282,4 +1283,70 @@ pub async fn decide_review_item(
     idempotency::complete_for(&tx, SCOPE, request_id, &existing, &response).await?;
     tx.commit().await?;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use crm_proto::{common::v1::Channel, identification::v1::IdentifierType};
+    use crm_runtime::testing::TestDb;
+
+    use super::*;
+
+    fn command(ids: &[(IdentifierType, &str)]) -> Arc<ResolveCommand> {
+        let req = pb::ResolveIdentityRequest {
+            identifiers: ids
+                .iter()
+                .map(|(kind, value)| pb::Identifier {
+                    r#type: *kind as i32,
+                    value: (*value).into(),
+                    namespace: String::new(),
+                })
+                .collect(),
+            channel: Channel::Web as i32,
+            ..Default::default()
+        };
+        Arc::new(ResolveCommand::from_request(req, "ES").expect("valid"))
+    }
+
+    #[tokio::test]
+    async fn a_resolve_marks_every_identifier_it_came_with_as_seen_and_no_other() {
+        let db = TestDb::new("identification").await;
+        let store = Store::connect(&db.url, 4).await.expect("connect");
+        store.migrate::<crate::migration::Migrator>().await.expect("migrate");
+        let email = (IdentifierType::Email, "ana@correo.es");
+        let phone = (IdentifierType::Phone, "+34 612 345 678");
+        let number = (IdentifierType::CustomerNumber, "C-77");
+        let first = resolve(&store, &Matcher::default(), command(&[email, phone, number])).await.expect("first");
+        let seen = || async {
+            let rows = store
+                .conn()
+                .query_all_raw(store.stmt("SELECT kind, last_seen_at_us FROM identifiers ORDER BY kind", vec![]))
+                .await
+                .expect("read");
+            rows.iter()
+                .map(|r| (r.try_get_by_index::<i32>(0).unwrap(), r.try_get_by_index::<i64>(1).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let before = seen().await;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let again = resolve(&store, &Matcher::default(), command(&[email, phone])).await.expect("again");
+        assert_eq!(again.profile.as_ref().map(|p| &p.id), first.profile.as_ref().map(|p| &p.id));
+        let after = seen().await;
+        let of = |rows: &[(i32, i64)], kind: IdentifierType| rows.iter().find(|(k, _)| *k == kind as i32).unwrap().1;
+        for kind in [IdentifierType::Email, IdentifierType::Phone] {
+            assert!(of(&after, kind) > of(&before, kind), "{kind:?} seen again");
+        }
+        assert_eq!(of(&after, IdentifierType::Email), of(&after, IdentifierType::Phone), "seen by one resolve");
+        assert_eq!(of(&after, IdentifierType::CustomerNumber), of(&before, IdentifierType::CustomerNumber));
+        // The answer shows the same times as the store.
+        let shown = again.profile.expect("profile").identifiers;
+        assert_eq!(shown.len(), 3);
+        for i in shown {
+            let kind = i.identifier.expect("identifier").r#type;
+            let at = i.last_seen_time.expect("last seen");
+            let us = at.seconds * 1_000_000 + i64::from(at.nanos) / 1_000;
+            assert_eq!(us, after.iter().find(|(k, _)| *k == kind).unwrap().1, "kind {kind}");
+        }
+    }
 }
