@@ -1333,20 +1333,21 @@ mod tests {
         let again = resolve(&store, &Matcher::default(), command(&[email, phone])).await.expect("again");
         assert_eq!(again.profile.as_ref().map(|p| &p.id), first.profile.as_ref().map(|p| &p.id));
         let after = seen().await;
-        let of = |rows: &[(i32, i64)], kind: IdentifierType| rows.iter().find(|(k, _)| *k == kind as i32).unwrap().1;
-        for kind in [IdentifierType::Email, IdentifierType::Phone] {
-            assert!(of(&after, kind) > of(&before, kind), "{kind:?} seen again");
+        let of = |rows: &[(i32, i64)], kind: i32| rows.iter().find(|(k, _)| *k == kind).unwrap().1;
+        let (email, phone, number) =
+            (IdentifierType::Email as i32, IdentifierType::Phone as i32, IdentifierType::CustomerNumber as i32);
+        for kind in [email, phone] {
+            assert!(of(&after, kind) > of(&before, kind), "kind {kind} seen again");
         }
-        assert_eq!(of(&after, IdentifierType::Email), of(&after, IdentifierType::Phone), "seen by one resolve");
-        assert_eq!(of(&after, IdentifierType::CustomerNumber), of(&before, IdentifierType::CustomerNumber));
+        assert_eq!(of(&after, email), of(&after, phone), "seen by one resolve");
+        assert_eq!(of(&after, number), of(&before, number));
         // The answer shows the same times as the store.
         let shown = again.profile.expect("profile").identifiers;
         assert_eq!(shown.len(), 3);
         for i in shown {
             let kind = i.identifier.expect("identifier").r#type;
-            let at = i.last_seen_time.expect("last seen");
-            let us = at.seconds * 1_000_000 + i64::from(at.nanos) / 1_000;
-            assert_eq!(us, after.iter().find(|(k, _)| *k == kind).unwrap().1, "kind {kind}");
+            let at = crm_runtime::time::from_timestamp(&i.last_seen_time.expect("last seen")).expect("in range");
+            assert_eq!(at.timestamp_micros(), of(&after, kind), "kind {kind}");
         }
     }
 }

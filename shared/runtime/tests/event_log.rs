@@ -313,15 +313,15 @@ async fn a_read_transaction_sees_one_state_of_the_store() {
 async fn deferred_statements_store_every_value_unchanged() {
     let db = TestDb::new("runtime").await;
     let store = store(&db).await;
-    let (blob, real) = match store.backend() {
-        sea_orm::DatabaseBackend::Postgres => ("BYTEA", "REAL"),
-        _ => ("BLOB", "REAL"),
+    let blob = match store.backend() {
+        sea_orm::DatabaseBackend::Postgres => "BYTEA",
+        _ => "BLOB",
     };
     store
         .conn()
         .execute_unprepared(&format!(
             "CREATE TABLE vals (id BIGINT PRIMARY KEY, s TEXT, b {blob}, i BIGINT, n INTEGER, f DOUBLE PRECISION, \
-             g {real}, t BOOLEAN)"
+             g REAL, t BOOLEAN)"
         ))
         .await
         .expect("table");
