@@ -413,10 +413,11 @@ pub struct Candidate {
 
 /// Live profiles sharing a blocking key with `record`, skipping keys whose
 /// block is larger than `MAX_BLOCK`. Keys of a merged-away profile count
-/// for its survivor; erased profiles have none. Two round trips: the
-/// blocks (each read in key order no further than tells it is too large:
-/// an index range scan whatever the planner knows of the table), then the
-/// records kept for their profiles with whether each profile is live.
+/// for its survivor; erased profiles have none. One round trip (and one
+/// more when a candidate was merged away): the blocks, each read in key
+/// order no further than tells it is too large (an index range scan
+/// whatever the planner knows of the table), and the records kept for the
+/// profiles of those that are not, with whether each profile is live.
 pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Vec<Candidate>, DbErr> {
     use crate::store::status;
     let keys: BTreeSet<String> = matching::blocking_keys(record).into_iter().collect();
@@ -433,34 +434,20 @@ pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Ve
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keys.len() * 2);
-    for k in &keys {
-        values.push(k.clone().into());
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keys.len() * 2 + 1);
+    for k in keys {
+        values.push(k.into());
         values.push((MAX_BLOCK + 1).into());
     }
-    let rows = c.query_all_raw(crm_runtime::db::stmt(backend, &blocks, values)).await?;
-    let mut members: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
-    for row in rows {
-        let key: String = row.try_get_by_index(0)?;
-        members.entry(key).or_default().push(row.try_get_by_index(1)?);
-    }
-    let origins: BTreeSet<String> = members.into_values().filter(|m| m.len() as i64 <= MAX_BLOCK).flatten().collect();
-    if origins.is_empty() {
-        return Ok(vec![]);
-    }
-    let origins: Vec<String> = origins.into_iter().collect();
-    let marks = vec!["?"; origins.len()].join(", ");
-    let rows = c
-        .query_all_raw(crm_runtime::db::stmt(
-            backend,
-            &format!(
-                "SELECT r.profile_id, r.record, p.status, p.merged_into FROM profile_records r \
-                 JOIN profiles p ON p.id = r.profile_id WHERE r.profile_id IN ({marks}) \
-                 ORDER BY r.profile_id, r.fingerprint"
-            ),
-            origins.iter().map(|i| i.clone().into()).collect(),
-        ))
-        .await?;
+    values.push(MAX_BLOCK.into());
+    let sql = format!(
+        "WITH b AS ({blocks}), \
+         o AS (SELECT DISTINCT profile_id FROM b WHERE key IN (SELECT key FROM b GROUP BY key HAVING COUNT(*) <= ?)) \
+         SELECT r.profile_id, r.record, p.status, p.merged_into FROM profile_records r \
+         JOIN profiles p ON p.id = r.profile_id WHERE r.profile_id IN (SELECT profile_id FROM o) \
+         ORDER BY r.profile_id, r.fingerprint"
+    );
+    let rows = c.query_all_raw(crm_runtime::db::stmt(backend, &sql, values)).await?;
     let mut kept: Vec<(String, Record)> = Vec::with_capacity(rows.len());
     let mut live: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut merged: Vec<String> = Vec::new();

@@ -175,10 +175,11 @@ pub async fn get_profile(store: &Store, id: &str) -> Result<pb::Profile, Runtime
 
 /// Resolve a touchpoint's identifiers to one profile (ID-3, deterministic):
 /// an identifier already held names the profile; otherwise a prospect is
-/// created. The resolve is one group-committed write (see
-/// `Store::group_commit`): it reads the identifiers' holders and the
-/// candidates and decides inside the write, so a write queued after it in
-/// the same batch sees what it did. Concurrent resolves of the same new
+/// created. The resolve is one group-committed write that begins with a
+/// read (see `Store::group_commit_read_first`): it reads the identifiers'
+/// holders with its idempotency key, then the candidates, and decides
+/// inside the write, so a write queued after it in the same batch sees
+/// what it did. Concurrent resolves of the same new
 /// person create one profile: a store's group-committed writes run one
 /// after the other, and should another writer (another replica) insert
 /// the identifier first, the resolve hits its unique key, rolls back alone
@@ -192,7 +193,8 @@ pub async fn resolve(
     loop {
         attempt += 1;
         let (m, c) = (matcher.clone(), Arc::clone(&cmd));
-        let outcome = store.group_commit(move |tx| Box::pin(resolve_in(tx, m.clone(), Arc::clone(&c)))).await;
+        let outcome =
+            store.group_commit_read_first(move |tx| Box::pin(resolve_in(tx, m.clone(), Arc::clone(&c)))).await;
         match outcome {
             Err(RuntimeError::Database(e)) if attempt < 3 && RuntimeError::is_unique_violation(&e) => continue,
             other => return other,
@@ -203,20 +205,38 @@ pub async fn resolve(
 /// What a resolve reads of the profiles it may settle on: every
 /// identifier they hold (oldest first), their rows (each with whether a
 /// merge into it stands: its changes are journaled then), and what
-/// matching keeps of them.
+/// matching keeps of them; and its idempotency key, if stored.
 #[derive(Default)]
 struct Holdings {
     identifiers: Vec<identifiers::Model>,
     rows: std::collections::HashMap<String, (profiles::Model, bool)>,
     states: std::collections::HashMap<String, matcher::MatchState>,
+    /// The stored key's request fingerprint and response.
+    key: Option<(i64, Option<Vec<u8>>)>,
 }
 
 /// Read the [`Holdings`] of the profiles `holders` selects (SQL yielding
-/// profile ids, bound to `values`) in one round trip: one statement, its
-/// parts told apart by their first column.
-async fn holdings(tx: &WriteTxn, holders: &str, mut values: Vec<sea_orm::Value>) -> Result<Holdings, RuntimeError> {
+/// profile ids, bound to `values`), and the idempotency key `key` (scope,
+/// request id), in one round trip with the deferred statements before it
+/// (`WriteTxn::query_all_after_deferred`): one statement, its parts told
+/// apart by their first column.
+async fn holdings(
+    tx: &mut WriteTxn,
+    holders: &str,
+    mut values: Vec<sea_orm::Value>,
+    key: Option<(&str, &str)>,
+) -> Result<Holdings, RuntimeError> {
     let (standing, active) = crate::merges::standing_merges();
     values.push(active.into());
+    let key_part = match key {
+        Some((scope, request_id)) => {
+            values.extend([scope.into(), request_id.into()]);
+            " UNION ALL SELECT 4, '', k.fingerprint, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, k.response \
+             FROM idempotency_keys k WHERE k.scope = ? AND k.request_id = ?"
+        }
+        None => "",
+    };
+
     // The first part types every column for both backends; integers are
     // read as BIGINT.
     let sql = format!(
@@ -230,10 +250,11 @@ async fn holdings(tx: &WriteTxn, holders: &str, mut values: Vec<sea_orm::Value>)
          UNION ALL SELECT 2, r.profile_id, r.fingerprint, r.seen_at_us, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
          r.record FROM profile_records r WHERE r.profile_id IN (SELECT profile_id FROM h) \
          UNION ALL SELECT 3, k.profile_id, NULL, NULL, NULL, NULL, NULL, NULL, k.key, NULL, NULL, NULL \
-         FROM blocking_keys k WHERE k.profile_id IN (SELECT profile_id FROM h)"
+         FROM blocking_keys k WHERE k.profile_id IN (SELECT profile_id FROM h){key_part}"
     );
     let mut out = Holdings::default();
-    for r in tx.query_all_raw(tx.stmt(&sql, values)).await? {
+    let query = tx.stmt(&sql, values);
+    for r in tx.query_all_after_deferred(query).await? {
         let part: i64 = r.try_get_by_index(0)?;
         let profile_id: String = r.try_get_by_index(1)?;
         let int = |i: usize| r.try_get_by_index::<i64>(i);
@@ -266,7 +287,8 @@ async fn holdings(tx: &WriteTxn, holders: &str, mut values: Vec<sea_orm::Value>)
                 let bytes: Vec<u8> = r.try_get_by_index(11)?;
                 out.states.entry(profile_id).or_default().add_record(int(2)?, int(3)?, &bytes);
             }
-            _ => out.states.entry(profile_id).or_default().add_key(r.try_get_by_index(8)?),
+            3 => out.states.entry(profile_id).or_default().add_key(r.try_get_by_index(8)?),
+            _ => out.key = Some((int(2)?, r.try_get_by_index(11)?)),
         }
     }
     // Oldest first; those of the same time in the order stored.
@@ -274,8 +296,12 @@ async fn holdings(tx: &WriteTxn, holders: &str, mut values: Vec<sea_orm::Value>)
     Ok(out)
 }
 
-/// The [`Holdings`] of the profiles holding any of `ids`.
-async fn holdings_of_identifiers(tx: &WriteTxn, ids: &[Normalized]) -> Result<Holdings, RuntimeError> {
+/// The [`Holdings`] of the profiles holding any of `ids`, with `key`.
+async fn holdings_of_identifiers(
+    tx: &mut WriteTxn,
+    ids: &[Normalized],
+    key: Option<(&str, &str)>,
+) -> Result<Holdings, RuntimeError> {
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(ids.len() * 3);
     let mut any = Vec::with_capacity(ids.len());
     for n in ids {
@@ -283,7 +309,7 @@ async fn holdings_of_identifiers(tx: &WriteTxn, ids: &[Normalized]) -> Result<Ho
         values.extend([(n.kind as i32).into(), n.namespace.clone().into(), n.value.clone().into()]);
     }
     let any = if any.is_empty() { "1 = 0".to_owned() } else { any.join(" OR ") };
-    holdings(tx, &format!("SELECT profile_id FROM identifiers WHERE {any}"), values).await
+    holdings(tx, &format!("SELECT profile_id FROM identifiers WHERE {any}"), values, key).await
 }
 
 fn normalized_of_row(r: &identifiers::Model) -> Normalized {
@@ -302,24 +328,31 @@ fn profile_with(row: &profiles::Model, held: &[identifiers::Model]) -> Result<pb
     Ok(profile)
 }
 
-/// ResolveIdentity's work in `tx`. What it writes and nothing in it reads
-/// back is deferred to the end of the write (`WriteTxn::defer`): on SQLite
-/// one round trip; what it reads comes in a handful of round trips.
+/// ResolveIdentity's work in `tx`. Its first statement reads the holders
+/// and the idempotency key, with the deferred statements of the writes
+/// before it in its batch; what it writes and nothing in it reads back is
+/// deferred to the end of the write (`WriteTxn::defer`), its key and
+/// response included (`idempotency::record_later`): on SQLite one round
+/// trip, or none of its own when the next write begins with a read.
 async fn resolve_in(
     tx: &mut WriteTxn,
     matcher: Matcher,
     cmd: Arc<ResolveCommand>,
 ) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
     const SCOPE: &str = "ResolveIdentity";
-    if let Claim::Replay(r) = idempotency::claim(tx, SCOPE, &cmd.request_id, cmd.fingerprint).await? {
-        return Ok(r);
+    let key = (!cmd.request_id.is_empty()).then_some((SCOPE, cmd.request_id.as_str()));
+    let Holdings { identifiers: mut holders, mut rows, mut states, key: stored } =
+        holdings_of_identifiers(tx, &cmd.identifiers, key).await?;
+    if let Some((fingerprint, response)) = stored {
+        return match idempotency::seen(cmd.fingerprint, fingerprint, response)? {
+            Claim::Replay(r) => Ok(r),
+            Claim::Fresh => Err(RuntimeError::Internal("a stored key reads as fresh".into())),
+        };
     }
     let at = now();
     let at_us = at.timestamp_micros();
     let backend = tx.get_database_backend();
 
-    let Holdings { identifiers: mut holders, mut rows, mut states } =
-        holdings_of_identifiers(tx, &cmd.identifiers).await?;
     let matches: Vec<(Normalized, String)> = cmd
         .identifiers
         .iter()
@@ -412,6 +445,7 @@ async fn resolve_in(
                             tx,
                             "SELECT id AS profile_id FROM profiles WHERE id = ?",
                             vec![candidate.clone().into()],
+                            None,
                         )
                         .await?;
                         holders.retain(|h| h.profile_id != candidate);
@@ -658,7 +692,7 @@ async fn resolve_in(
     let subject = response.profile.as_ref().map(|p| p.id.clone()).unwrap_or_default();
     let decision = decision_statement(tx, &subject, response.sequence, response.explanation.as_ref());
     tx.defer(decision);
-    tx.complete_later(SCOPE, &cmd.request_id, &subject, &response);
+    idempotency::record_later(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &subject, &response);
     Ok(response)
 }
 

@@ -551,11 +551,7 @@ impl WriteTxn {
     /// — then `query`, and return its first row: on SQLite in one round
     /// trip.
     pub async fn query_one_after_deferred(&mut self, query: Statement) -> Result<Option<QueryResult>, DbErr> {
-        let deferred = self.take_deferred();
-        let (chunks, query) = before_query(self.tx.get_database_backend(), deferred, query);
-        for chunk in chunks {
-            self.tx.execute_raw(chunk).await?;
-        }
+        let query = self.run_deferred_before(query).await?;
         self.tx.query_one_raw(query).await
     }
 
@@ -639,22 +635,23 @@ impl WriteTxn {
         Ok(Some(out))
     }
 
-    /// Run the deferred statements, then `query`, and return its rows: on
-    /// SQLite in one round trip.
-    async fn query_all_after_deferred(&mut self, query: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let mut chunks = self.take_deferred();
-        let query = match chunks.pop() {
-            Some(last) => {
-                let mut values = last.values.map(|v| v.0).unwrap_or_default();
-                values.extend(query.values.map(|v| v.0).unwrap_or_default());
-                Statement::from_sql_and_values(DatabaseBackend::Sqlite, format!("{}{}", last.sql, query.sql), values)
-            }
-            None => query,
-        };
+    /// [`query_one_after_deferred`](Self::query_one_after_deferred),
+    /// returning every row of `query`.
+    pub async fn query_all_after_deferred(&mut self, query: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let query = self.run_deferred_before(query).await?;
+        self.tx.query_all_raw(query).await
+    }
+
+    /// Run the deferred statements but those that go with `query` (on
+    /// SQLite the last chunk, see [`before_query`]), and return the query
+    /// to run with them.
+    async fn run_deferred_before(&mut self, query: Statement) -> Result<Statement, DbErr> {
+        let deferred = self.take_deferred();
+        let (chunks, query) = before_query(self.tx.get_database_backend(), deferred, query);
         for chunk in chunks {
             self.tx.execute_raw(chunk).await?;
         }
-        self.tx.query_all_raw(query).await
+        Ok(query)
     }
 
     /// The deferred statements as the round trips that run them (see

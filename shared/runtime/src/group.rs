@@ -28,7 +28,8 @@
 //! savepoint, and stores the new head once, just before it commits.
 //!
 //! A write queued by `Store::group_commit_read_first` begins with a read
-//! through `WriteTxn::query_one_after_deferred`: in a batch, the deferred
+//! through `WriteTxn::query_one_after_deferred` (or
+//! `query_all_after_deferred`): in a batch, the deferred
 //! statements of the writes before it run in that read's round trip rather
 //! than in one of their own, so while writes succeed a batch of n such
 //! writes takes n round trips and a few, not 2n. Whichever write a deferred
@@ -140,7 +141,8 @@ impl Store {
     }
 
     /// `group_commit` for a write whose first statement is a read made
-    /// with `WriteTxn::query_one_after_deferred`: in a batch, the deferred
+    /// with `WriteTxn::query_one_after_deferred` (or
+    /// `query_all_after_deferred`): in a batch, the deferred
     /// statements of the writes before it run in that read's round trip
     /// instead of one of their own (see the module docs).
     pub async fn group_commit_read_first<T, F>(&self, write: F) -> Result<T, RuntimeError>

@@ -143,9 +143,52 @@ async fn a_retried_resolve_returns_the_first_answer() {
     let mut req = resolve(vec![id(IdentifierType::CustomerNumber, "C-1001")]);
     req.request_id = "touch-1".into();
     let first = client.resolve_identity(req.clone()).await.expect("first").into_inner();
-    let retry = client.resolve_identity(req).await.expect("retry").into_inner();
+    let retry = client.resolve_identity(req.clone()).await.expect("retry").into_inner();
     assert!(first.created);
     assert_eq!(first, retry);
+
+    // The key names that request only.
+    let mut other = resolve(vec![id(IdentifierType::CustomerNumber, "C-1002")]);
+    other.request_id = req.request_id.clone();
+    let err = client.resolve_identity(other).await.expect_err("key reused");
+    assert_eq!((err.code(), fields(&err)), (Code::InvalidArgument, vec!["request_id".to_owned()]));
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_a_resolve_are_answered_alike_and_written_once() {
+    let (_server, client) = spawn_app().await;
+    let mut req = resolve(vec![id(IdentifierType::Email, "ines@correo.es")]);
+    req.attributes = Some(pb::ProfileAttributes {
+        name: Some(pb::PersonName { given_name: "Inés".into(), family_name: "Roca".into(), ..Default::default() }),
+        ..Default::default()
+    });
+    req.request_id = "touch-retried".into();
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (mut client, req) = (client.clone(), req.clone());
+            tokio::spawn(async move { client.resolve_identity(req).await.expect("resolve").into_inner() })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    assert!(answers[0].created, "{:?}", answers[0]);
+    assert!(answers.iter().all(|a| *a == answers[0]), "every retry gets the first answer");
+
+    // The feed holds one event of it: the next is another person's.
+    let mut client = client;
+    let next = client.resolve_identity(resolve(vec![id(IdentifierType::Email, "pau@correo.es")])).await.expect("next");
+    let next = next.into_inner();
+    let mut feed = client.subscribe(pb::SubscribeRequest { after_sequence: 0 }).await.expect("feed").into_inner();
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        let e = feed.next().await.expect("event").expect("ok").event.expect("event");
+        events.push((e.sequence, e.profile_id, matches!(e.kind, Some(Kind::ProfileCreated(_)))));
+    }
+    let profile = |a: &pb::ResolveIdentityResponse| a.profile.as_ref().expect("profile").id.clone();
+    assert_eq!(events, [(1, profile(&answers[0]), true), (2, profile(&next), true)]);
+    assert_eq!((answers[0].sequence, next.sequence), (1, 2));
 }
 
 #[tokio::test]
