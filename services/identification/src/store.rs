@@ -179,11 +179,12 @@ pub async fn get_profile(store: &Store, id: &str) -> Result<pb::Profile, Runtime
 /// read (see `Store::group_commit_read_first`): it reads the identifiers'
 /// holders with its idempotency key, then the candidates, and decides
 /// inside the write, so a write queued after it in the same batch sees
-/// what it did. Concurrent resolves of the same new
-/// person create one profile: a store's group-committed writes run one
-/// after the other, and should another writer (another replica) insert
-/// the identifier first, the resolve hits its unique key, rolls back alone
-/// and resolves again, now finding the winner's profile.
+/// what it did. Concurrent resolves of the same new person create one
+/// profile: a store's group-committed writes run one after the other,
+/// and should another writer (another replica) insert the identifier
+/// first, the resolve hits its unique key, rolls back alone and resolves
+/// again, now finding the winner's profile (or, with the same request
+/// id, replaying its response).
 pub async fn resolve(
     store: &Store,
     matcher: &Matcher,
@@ -236,7 +237,6 @@ async fn holdings(
         }
         None => "",
     };
-
     // The first part types every column for both backends; integers are
     // read as BIGINT.
     let sql = format!(
