@@ -344,10 +344,7 @@ async fn resolve_in(
     let Holdings { identifiers: mut holders, mut rows, mut states, key: stored } =
         holdings_of_identifiers(tx, &cmd.identifiers, key).await?;
     if let Some((fingerprint, response)) = stored {
-        return match idempotency::seen(cmd.fingerprint, fingerprint, response)? {
-            Claim::Replay(r) => Ok(r),
-            Claim::Fresh => Err(RuntimeError::Internal("a stored key reads as fresh".into())),
-        };
+        return idempotency::seen(cmd.fingerprint, fingerprint, response);
     }
     let at = now();
     let at_us = at.timestamp_micros();

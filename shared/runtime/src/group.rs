@@ -566,10 +566,7 @@ mod tests {
             .await?
         };
         if let Some(key) = key {
-            return match idempotency::seen(fp, key.try_get_by_index(0)?, key.try_get_by_index(1)?)? {
-                Claim::Replay(r) => Ok(r),
-                Claim::Fresh => Err(RuntimeError::Internal("a stored key reads as fresh".into())),
-            };
+            return idempotency::seen(fp, key.try_get_by_index(0)?, key.try_get_by_index(1)?);
         }
         let event = ProfileEvent {
             profile_id: id.to_owned(),

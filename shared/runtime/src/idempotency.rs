@@ -68,24 +68,25 @@ pub async fn claim<R: prost::Message + Default>(
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("idempotency key".into()))?;
-    seen(fp, row.try_get_by_index(0)?, row.try_get_by_index(1)?)
+    seen(fp, row.try_get_by_index(0)?, row.try_get_by_index(1)?).map(Claim::Replay)
 }
 
 /// What a key already stored (`stored_fp`, `response`) means for a request
 /// fingerprinted `fp`: its response to replay, a key reused for another
-/// request (INVALID_ARGUMENT), or the same request still in progress.
+/// request (INVALID_ARGUMENT), or the same request still in progress
+/// (ABORTED).
 pub fn seen<R: prost::Message + Default>(
     fp: i64,
     stored_fp: i64,
     response: Option<Vec<u8>>,
-) -> Result<Claim<R>, RuntimeError> {
+) -> Result<R, RuntimeError> {
     if stored_fp != fp {
         return Err(FieldViolations::single("request_id", "already used for a different request"));
     }
     match response {
-        Some(bytes) => R::decode(bytes.as_slice())
-            .map(Claim::Replay)
-            .map_err(|e| RuntimeError::Internal(format!("stored response undecodable: {e}"))),
+        Some(bytes) => {
+            R::decode(bytes.as_slice()).map_err(|e| RuntimeError::Internal(format!("stored response undecodable: {e}")))
+        }
         None => Err(RuntimeError::Aborted("the same request is in progress; retry".into())),
     }
 }

@@ -106,8 +106,7 @@ use crm_runtime::{
     consumer::Projection,
     db::{Lookup, WriteTxn},
     error::RuntimeError,
-    eventlog,
-    idempotency::{self, Claim},
+    eventlog, idempotency,
     time::{now, to_timestamp},
 };
 use futures::future::BoxFuture;
@@ -257,10 +256,7 @@ pub(crate) async fn claim_and_holder<R: prost::Message + Default>(
     let row = tx.looked_up().await?.ok_or_else(|| DbErr::RecordNotFound("claim".into()))?;
     let stored_fp: Option<i64> = row.try_get_by_index(0)?;
     if let (Some(stored_fp), false) = (stored_fp, request_id.is_empty()) {
-        return match idempotency::seen(fp, stored_fp, row.try_get_by_index(1)?)? {
-            Claim::Replay(r) => Ok(Err(r)),
-            Claim::Fresh => Err(RuntimeError::Internal("a stored key reads as fresh".into())),
-        };
+        return idempotency::seen(fp, stored_fp, row.try_get_by_index(1)?).map(Err);
     }
     let merge_id: Option<String> = row.try_get_by_index(2)?;
     let surviving_id: Option<String> = row.try_get_by_index(3)?;
