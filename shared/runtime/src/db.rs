@@ -8,11 +8,20 @@
 //! run in the background on a pool connection, so a committing writer does
 //! not pay for them; the automatic checkpoint stays as a safety net at a
 //! higher threshold.
+//!
+//! Under a steady stream of writes a background checkpoint never catches
+//! up with the WAL (the writer appends while it copies), and SQLite starts
+//! the WAL over only once everything in it was copied. So when the WAL has
+//! grown long, the background checkpoint copies once more with the writers
+//! held back: by then only what was appended during its last copy is left,
+//! and the next write starts the WAL from its beginning. Without that the
+//! writer's own automatic checkpoint would copy and sync the whole WAL
+//! itself, stalling every write queued behind it.
 
 use std::{
     collections::HashSet,
     ops::Deref,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, OnceLock, Weak},
     time::Duration,
 };
@@ -27,11 +36,27 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use crate::{eventlog, feed::FeedEvent, group::GroupCommit};
 
-/// WAL pages after which a committing SQLite writer checkpoints itself (a
-/// safety net: the background checkpoint normally runs first).
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
-/// How often the background checkpoint looks for new commits.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How a SQLite store's WAL is checkpointed.
+#[derive(Clone, Copy, Debug)]
+struct Checkpointing {
+    /// How often the background checkpoint looks for new commits.
+    every: Duration,
+    /// WAL pages past which the background checkpoint holds the writers
+    /// back for its last copy, so that the WAL starts over.
+    restart_pages: i64,
+    /// WAL pages after which a committing writer checkpoints itself (a
+    /// safety net: the background checkpoint normally starts the WAL over
+    /// long before).
+    autocheckpoint_pages: u32,
+}
+
+const CHECKPOINTING: Checkpointing =
+    Checkpointing { every: Duration::from_millis(200), restart_pages: 4_096, autocheckpoint_pages: 16_384 };
+/// Before it holds the writers back, the background checkpoint copies
+/// again, at most this many times, until fewer pages than `CATCH_UP_PAGES`
+/// were appended during its last copy.
+const CATCH_UP_ROUNDS: usize = 4;
+const CATCH_UP_PAGES: i64 = 128;
 /// Most values bound in one multi-statement round trip on SQLite (it
 /// accepts 32,766).
 const MAX_DEFERRED_VALUES: usize = 8_192;
@@ -97,7 +122,7 @@ impl Writer {
 }
 
 /// The SQLite options every connection of a store shares.
-fn sqlite_options(opts: &mut ConnectOptions, max_connections: u32, writer: bool) {
+fn sqlite_options(opts: &mut ConnectOptions, max_connections: u32, writer: bool, checkpointing: Checkpointing) {
     opts.max_connections(max_connections).min_connections(1).map_sqlx_sqlite_opts(move |o| {
         let o = o
             .journal_mode(SqliteJournalMode::Wal)
@@ -108,7 +133,7 @@ fn sqlite_options(opts: &mut ConnectOptions, max_connections: u32, writer: bool)
             // Deleted content is overwritten, not left in free pages:
             // erasure must leave nothing readable in the file.
             .pragma("secure_delete", "on")
-            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
+            .pragma("wal_autocheckpoint", checkpointing.autocheckpoint_pages.to_string());
         if writer { o.pragma("cache_size", format!("-{WRITER_CACHE_KIB}")) } else { o }
     });
 }
@@ -116,6 +141,10 @@ fn sqlite_options(opts: &mut ConnectOptions, max_connections: u32, writer: bool)
 impl Store {
     /// Connect to `url` (`sqlite://path?mode=rwc` or `postgres://…`).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        Self::connect_with(url, max_connections, CHECKPOINTING).await
+    }
+
+    async fn connect_with(url: &str, max_connections: u32, checkpointing: Checkpointing) -> Result<Self, DbErr> {
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(5));
         let sqlite = url.starts_with("sqlite:");
@@ -126,17 +155,17 @@ impl Store {
                 Writer { conn: db.clone(), lock: None, dedicated: false, committed: Arc::new(watch::channel(0).0) };
             return Ok(Store { db, writer, group: Arc::default() });
         }
-        if let Some(dir) = sqlite_parent_dir(url) {
+        if let Some(dir) = sqlite_file(url).and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| DbErr::Custom(format!("cannot create data directory: {e}")))?;
         }
         let mut writer_opts = opts.clone();
-        sqlite_options(&mut opts, max_connections.clamp(1, 8), false);
+        sqlite_options(&mut opts, max_connections.clamp(1, 8), false, checkpointing);
         let db = Database::connect(opts).await?;
         // An in-memory database exists once per connection: it cannot have
         // a writer of its own.
-        let dedicated = !sqlite_in_memory(url);
+        let dedicated = sqlite_file(url).is_some();
         let conn = if dedicated {
-            sqlite_options(&mut writer_opts, 1, true);
+            sqlite_options(&mut writer_opts, 1, true, checkpointing);
             // The writer is taken for every transaction: a ping each time
             // would be one more round trip to its thread.
             writer_opts.test_before_acquire(false);
@@ -146,7 +175,11 @@ impl Store {
         };
         let writer =
             Writer { conn, lock: Some(Arc::new(Mutex::new(()))), dedicated, committed: Arc::new(watch::channel(0).0) };
-        tokio::spawn(checkpoints(db.clone(), Arc::downgrade(&writer.committed)));
+        if let (Some(file), Some(lock)) = (sqlite_file(url), &writer.lock) {
+            let (committed, writers) = (Arc::downgrade(&writer.committed), Arc::downgrade(lock));
+            let conns = (db.clone(), writer.conn.clone());
+            tokio::spawn(checkpoints(conns, file.to_owned(), checkpointing, committed, writers));
+        }
         Ok(Store { db, writer, group: Arc::default() })
     }
 
@@ -217,23 +250,76 @@ impl Store {
     }
 }
 
-/// Checkpoint the WAL of a SQLite store from a pool connection whenever
-/// something was committed, until the store is gone. PASSIVE: it never
-/// waits for the writer or the readers, and copies what it can.
-async fn checkpoints(db: DatabaseConnection, committed: Weak<watch::Sender<i64>>) {
+/// Checkpoint the WAL of a SQLite store (`file`) from a pool connection
+/// whenever something was committed, until the store is gone. PASSIVE: it
+/// never waits for the writer or the readers, and copies what it can.
+///
+/// Once the WAL is longer than `restart_pages`, it copies again at once
+/// until little was appended during its last copy, has the kernel write out
+/// the copied pages, and then copies the rest under the writer lock
+/// (`writers`), on the writer's connection, which is idle then (a pool
+/// connection might have to be waited for, with every writer waiting
+/// too). With nothing appended meanwhile, that last copy reaches the
+/// end of the WAL, so SQLite syncs the database file (only the few pages
+/// just copied are left to write) and the next write starts the WAL over,
+/// unless a reader still reads from it; then a later round tries again. It
+/// never waits for readers, so a long read cannot hold the writers back.
+async fn checkpoints(
+    (db, writer): (DatabaseConnection, DatabaseConnection),
+    file: PathBuf,
+    checkpointing: Checkpointing,
+    committed: Weak<watch::Sender<i64>>,
+    writers: Weak<Mutex<()>>,
+) {
     let mut checkpointed = 0;
     loop {
-        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        tokio::time::sleep(checkpointing.every).await;
         let Some(committed) = committed.upgrade() else { return };
         let now = *committed.borrow();
         drop(committed);
         if now == checkpointed {
             continue;
         }
-        if db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await.is_ok() {
-            checkpointed = now;
+        let Ok(mut pages) = checkpoint(&db).await else { continue };
+        checkpointed = now;
+        if pages < checkpointing.restart_pages {
+            continue;
         }
+        for _ in 0..CATCH_UP_ROUNDS {
+            let Ok(next) = checkpoint(&db).await else { break };
+            let appended = next - pages;
+            pages = next;
+            // Fewer pages than before: the WAL has started over already.
+            if appended <= CATCH_UP_PAGES {
+                break;
+            }
+        }
+        // A partial checkpoint writes pages without syncing them: SQLite
+        // syncs the database file only when a checkpoint reaches the end
+        // of the WAL, which would then write them all under the lock.
+        let path = file.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data()).await;
+        let Some(writers) = writers.upgrade() else { return };
+        let _held = writers.lock().await;
+        let started = std::time::Instant::now();
+        let rest = checkpoint(&writer).await;
+        tracing::debug!(
+            wal_pages = pages,
+            rest_pages = rest.as_ref().map_or(-1, |p| p - pages),
+            held_us = started.elapsed().as_micros() as u64,
+            "WAL checkpointed with the writers held back"
+        );
     }
+}
+
+/// Run a PASSIVE checkpoint; answer how many pages the WAL holds.
+async fn checkpoint(db: &DatabaseConnection) -> Result<i64, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA wal_checkpoint(PASSIVE)"))
+        .await?
+        .ok_or_else(|| DbErr::Custom("wal_checkpoint answered no row".into()))?;
+    // The row is (busy, pages in the WAL, pages copied).
+    row.try_get_by_index::<i64>(1)
 }
 
 fn bump(current: &mut i64, seen: i64) -> bool {
@@ -245,18 +331,14 @@ fn bump(current: &mut i64, seen: i64) -> bool {
     }
 }
 
-fn sqlite_parent_dir(url: &str) -> Option<&Path> {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    let path = path.split('?').next()?;
-    if path.is_empty() || path.starts_with(":memory:") {
+/// The file of a SQLite store; `None` for one in memory.
+fn sqlite_file(url: &str) -> Option<&Path> {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = rest.split('?').next()?;
+    if path.is_empty() || path.starts_with(":memory:") || rest.contains("mode=memory") {
         return None;
     }
-    Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
-}
-
-fn sqlite_in_memory(url: &str) -> bool {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    path.is_empty() || path.starts_with(":memory:") || path.contains("mode=memory")
+    Some(Path::new(path))
 }
 
 /// A statement written with `?` placeholders, rewritten to `$n` for
@@ -786,6 +868,8 @@ impl Deref for WriteTxn {
 
 #[cfg(test)]
 mod tests {
+    use crm_proto::identification::v1::ProfileEvent;
+
     use super::*;
 
     #[test]
@@ -797,9 +881,48 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_data_directory_is_found() {
-        assert_eq!(sqlite_parent_dir("sqlite://./data/x.db?mode=rwc"), Some(Path::new("./data")));
-        assert_eq!(sqlite_parent_dir("sqlite::memory:"), None);
-        assert_eq!(sqlite_parent_dir("sqlite://x.db"), None);
+    fn sqlite_file_is_found() {
+        assert_eq!(sqlite_file("sqlite://./data/x.db?mode=rwc"), Some(Path::new("./data/x.db")));
+        assert_eq!(sqlite_file("sqlite:x.db"), Some(Path::new("x.db")));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://"), None);
+        assert_eq!(sqlite_file("sqlite://shared?mode=memory&cache=shared"), None);
+    }
+
+    /// Under writes that never pause, a background checkpoint alone never
+    /// catches up with the WAL, and SQLite only starts a WAL over once all
+    /// of it was copied: the WAL would grow until the writer checkpoints it
+    /// itself. The background checkpoint starts it over long before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_writes_that_never_pause() {
+        let checkpointing =
+            Checkpointing { every: Duration::from_millis(10), restart_pages: 64, autocheckpoint_pages: 4_096 };
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("wal.db").display());
+        let wal = dir.path().join("wal.db-wal");
+        let store = Store::connect_with(&url, 4, checkpointing).await.unwrap();
+        store.migrate::<crate::migration::RuntimeMigrator>().await.unwrap();
+        store.conn().execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)").await.unwrap();
+        let page = 4_096_u64;
+        let (mut written, mut longest) = (0_u64, 0_u64);
+        // Write twice as many pages as the writer's own checkpoint waits for.
+        while written < 2 * u64::from(checkpointing.autocheckpoint_pages) * page {
+            let mut tx = store.begin_write().await.unwrap();
+            tx.append("wal", &ProfileEvent::default()).await.unwrap();
+            let body = vec![written as u8; 3 * page as usize];
+            tx.execute_raw(store.stmt("INSERT INTO t (body) VALUES (?)", vec![body.into()])).await.unwrap();
+            tx.commit().await.unwrap();
+            written += 3 * page;
+            longest = longest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        let rows =
+            store.conn().query_one_raw(Statement::from_string(DatabaseBackend::Sqlite, "SELECT COUNT(*) FROM t"));
+        let rows: i64 = rows.await.unwrap().unwrap().try_get_by_index(0).unwrap();
+        assert_eq!(rows as u64, written / (3 * page));
+        // Without the background checkpoint's restarts the WAL grows to the
+        // writer's own checkpoint, `autocheckpoint_pages`.
+        let limit = u64::from(checkpointing.autocheckpoint_pages) * 3 / 4 * page;
+        assert!(longest < limit, "the WAL grew to {longest} bytes (limit {limit}) while {written} were written");
+        store.close().await.unwrap();
     }
 }
