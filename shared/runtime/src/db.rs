@@ -17,6 +17,11 @@
 //! and the next write starts the WAL from its beginning. Without that the
 //! writer's own automatic checkpoint would copy and sync the whole WAL
 //! itself, stalling every write queued behind it.
+//!
+//! Every SQLite connection reads the database file through a memory map (as
+//! much of it as SQLite allows): a reader's page cache starts empty whenever
+//! a commit came in since its last read, and a page taken from the map
+//! costs no read call and no copy.
 
 use std::{
     collections::HashSet,
