@@ -5,9 +5,8 @@
 //! On SQLite, writes go through one dedicated connection (the pool serves
 //! reads): the writer's page cache stays warm, and the readers' caches are
 //! not invalidated by commits on seven other connections. WAL checkpoints
-//! run in the background on a pool connection, so a committing writer does
-//! not pay for them; the automatic checkpoint stays as a safety net at a
-//! higher threshold.
+//! run in the background, so a committing writer does not pay for them;
+//! the automatic checkpoint stays as a safety net at a higher threshold.
 //!
 //! Under a steady stream of writes a background checkpoint never catches
 //! up with the WAL (the writer appends while it copies), and SQLite starts
@@ -164,7 +163,8 @@ impl Store {
                 Writer { conn: db.clone(), lock: None, dedicated: false, committed: Arc::new(watch::channel(0).0) };
             return Ok(Store { db, writer, group: Arc::default() });
         }
-        if let Some(dir) = sqlite_file(url).and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
+        let file = sqlite_file(url);
+        if let Some(dir) = file.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| DbErr::Custom(format!("cannot create data directory: {e}")))?;
         }
         let mut writer_opts = opts.clone();
@@ -172,7 +172,7 @@ impl Store {
         let db = Database::connect(opts).await?;
         // An in-memory database exists once per connection: it cannot have
         // a writer of its own.
-        let dedicated = sqlite_file(url).is_some();
+        let dedicated = file.is_some();
         let conn = if dedicated {
             sqlite_options(&mut writer_opts, 1, true, checkpointing);
             // The writer is taken for every transaction: a ping each time
@@ -184,7 +184,7 @@ impl Store {
         };
         let writer =
             Writer { conn, lock: Some(Arc::new(Mutex::new(()))), dedicated, committed: Arc::new(watch::channel(0).0) };
-        if let (Some(file), Some(lock)) = (sqlite_file(url), &writer.lock) {
+        if let (Some(file), Some(lock)) = (file, &writer.lock) {
             let (committed, writers) = (Arc::downgrade(&writer.committed), Arc::downgrade(lock));
             let conns = (db.clone(), writer.conn.clone());
             tokio::spawn(checkpoints(conns, file.to_owned(), checkpointing, committed, writers));
@@ -298,10 +298,12 @@ async fn checkpoints(
             let Ok(next) = checkpoint(&db).await else { break };
             let appended = next - pages;
             pages = next;
-            // Fewer pages than before: the WAL has started over already.
             if appended <= CATCH_UP_PAGES {
                 break;
             }
+        }
+        if pages < checkpointing.restart_pages {
+            continue; // the WAL has started over meanwhile
         }
         // A partial checkpoint writes pages without syncing them: SQLite
         // syncs the database file only when a checkpoint reaches the end
