@@ -219,41 +219,15 @@ struct Holdings {
 /// Read the [`Holdings`] of the profiles `holders` selects (SQL yielding
 /// profile ids, bound to `values`), and the idempotency key `key` (scope,
 /// request id), in one round trip with the deferred statements before it
-/// (`WriteTxn::query_all_after_deferred`): one statement, its parts told
-/// apart by their first column.
+/// (`WriteTxn::query_all_after_deferred`).
 async fn holdings(
     tx: &mut WriteTxn,
     holders: &str,
-    mut values: Vec<sea_orm::Value>,
+    values: Vec<sea_orm::Value>,
     key: Option<(&str, &str)>,
 ) -> Result<Holdings, RuntimeError> {
-    let (standing, active) = crate::merges::standing_merges();
-    values.push(active.into());
-    let key_part = match key {
-        Some((scope, request_id)) => {
-            values.extend([scope.into(), request_id.into()]);
-            " UNION ALL SELECT 4, '', k.fingerprint, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, k.response \
-             FROM idempotency_keys k WHERE k.scope = ? AND k.request_id = ?"
-        }
-        None => "",
-    };
-    // The first part types every column for both backends; integers are
-    // read as BIGINT.
-    let sql = format!(
-        "WITH h AS ({holders}) \
-         SELECT CAST(0 AS BIGINT), i.profile_id, CAST(i.kind AS BIGINT), i.created_at_us, i.last_seen_at_us, \
-         CAST(i.source_channel AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), i.namespace, i.value, \
-         CAST(NULL AS TEXT), NULL FROM identifiers i WHERE i.profile_id IN (SELECT profile_id FROM h) \
-         UNION ALL SELECT 1, p.id, p.status, p.lifecycle_stage, p.created_at_us, p.updated_at_us, p.version, \
-         {standing}, p.target_group, p.trait_keys, p.merged_into, p.body \
-         FROM profiles p WHERE p.id IN (SELECT profile_id FROM h) \
-         UNION ALL SELECT 2, r.profile_id, r.fingerprint, r.seen_at_us, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-         r.record FROM profile_records r WHERE r.profile_id IN (SELECT profile_id FROM h) \
-         UNION ALL SELECT 3, k.profile_id, NULL, NULL, NULL, NULL, NULL, NULL, k.key, NULL, NULL, NULL \
-         FROM blocking_keys k WHERE k.profile_id IN (SELECT profile_id FROM h){key_part}"
-    );
+    let query = holdings_statement(tx.get_database_backend(), holders, values, key);
     let mut out = Holdings::default();
-    let query = tx.stmt(&sql, values);
     for r in tx.query_all_after_deferred(query).await? {
         let part: i64 = r.try_get_by_index(0)?;
         let profile_id: String = r.try_get_by_index(1)?;
@@ -296,12 +270,54 @@ async fn holdings(
     Ok(out)
 }
 
+/// The statement [`holdings`] runs: one statement, its parts told apart by
+/// their first column.
+fn holdings_statement(
+    backend: DatabaseBackend,
+    holders: &str,
+    mut values: Vec<sea_orm::Value>,
+    key: Option<(&str, &str)>,
+) -> Statement {
+    let (standing, active) = crate::merges::standing_merges();
+    values.push(active.into());
+    let key_part = match key {
+        Some((scope, request_id)) => {
+            values.extend([scope.into(), request_id.into()]);
+            " UNION ALL SELECT 4, '', k.fingerprint, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, k.response \
+             FROM idempotency_keys k WHERE k.scope = ? AND k.request_id = ?"
+        }
+        None => "",
+    };
+    // The first part types every column for both backends; integers are
+    // read as BIGINT.
+    let sql = format!(
+        "WITH h AS ({holders}) \
+         SELECT CAST(0 AS BIGINT), i.profile_id, CAST(i.kind AS BIGINT), i.created_at_us, i.last_seen_at_us, \
+         CAST(i.source_channel AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), i.namespace, i.value, \
+         CAST(NULL AS TEXT), NULL FROM identifiers i WHERE i.profile_id IN (SELECT profile_id FROM h) \
+         UNION ALL SELECT 1, p.id, p.status, p.lifecycle_stage, p.created_at_us, p.updated_at_us, p.version, \
+         {standing}, p.target_group, p.trait_keys, p.merged_into, p.body \
+         FROM profiles p WHERE p.id IN (SELECT profile_id FROM h) \
+         UNION ALL SELECT 2, r.profile_id, r.fingerprint, r.seen_at_us, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+         r.record FROM profile_records r WHERE r.profile_id IN (SELECT profile_id FROM h) \
+         UNION ALL SELECT 3, k.profile_id, NULL, NULL, NULL, NULL, NULL, NULL, k.key, NULL, NULL, NULL \
+         FROM blocking_keys k WHERE k.profile_id IN (SELECT profile_id FROM h){key_part}"
+    );
+    crm_runtime::db::stmt(backend, &sql, values)
+}
+
 /// The [`Holdings`] of the profiles holding any of `ids`, with `key`.
 async fn holdings_of_identifiers(
     tx: &mut WriteTxn,
     ids: &[Normalized],
     key: Option<(&str, &str)>,
 ) -> Result<Holdings, RuntimeError> {
+    let (holders, values) = holders_of_identifiers(ids);
+    holdings(tx, &holders, values, key).await
+}
+
+/// SQL selecting the profiles holding any of `ids`, and its values.
+fn holders_of_identifiers(ids: &[Normalized]) -> (String, Vec<sea_orm::Value>) {
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(ids.len() * 3);
     let mut any = Vec::with_capacity(ids.len());
     for n in ids {
@@ -309,8 +325,11 @@ async fn holdings_of_identifiers(
         values.extend([(n.kind as i32).into(), n.namespace.clone().into(), n.value.clone().into()]);
     }
     let any = if any.is_empty() { "1 = 0".to_owned() } else { any.join(" OR ") };
-    holdings(tx, &format!("SELECT profile_id FROM identifiers WHERE {any}"), values, key).await
+    (format!("SELECT profile_id FROM identifiers WHERE {any}"), values)
 }
+
+/// SQL selecting the profile `?` (see [`holdings`]).
+const PROFILE_HOLDER: &str = "SELECT id AS profile_id FROM profiles WHERE id = ?";
 
 fn normalized_of_row(r: &identifiers::Model) -> Normalized {
     Normalized { kind: domain::identifier_type(r.kind), namespace: r.namespace.clone(), value: r.value.clone() }
@@ -438,13 +457,7 @@ async fn resolve_in(
                 let explanation = matcher::explain(&scored);
                 match model.decide(&scored) {
                     matching::Decision::Link => {
-                        let theirs = holdings(
-                            tx,
-                            "SELECT id AS profile_id FROM profiles WHERE id = ?",
-                            vec![candidate.clone().into()],
-                            None,
-                        )
-                        .await?;
+                        let theirs = holdings(tx, PROFILE_HOLDER, vec![candidate.clone().into()], None).await?;
                         holders.retain(|h| h.profile_id != candidate);
                         holders.extend(theirs.identifiers);
                         let held = held_by(&holders, &candidate);
@@ -1338,6 +1351,41 @@ mod tests {
             ..Default::default()
         };
         Arc::new(ResolveCommand::from_request(req, "ES").expect("valid"))
+    }
+
+    /// A resolve's holdings are read from the few profiles found, by index
+    /// searches: a table scanned would make every resolve as slow as the
+    /// table is large (SQLite's planner has chosen such plans for
+    /// equivalent joins).
+    #[tokio::test]
+    async fn holdings_are_read_by_index_searches_never_by_scanning_a_table() {
+        let db = TestDb::new("identification").await;
+        let store = Store::connect(&db.url, 4).await.expect("connect");
+        if store.backend() != DatabaseBackend::Sqlite {
+            return;
+        }
+        store.migrate::<crate::migration::Migrator>().await.expect("migrate");
+        let cmd = command(&[(IdentifierType::Email, "ana@correo.es"), (IdentifierType::Phone, "+34 612 345 678")]);
+        let (holders, values) = holders_of_identifiers(&cmd.identifiers);
+        let by_identifiers =
+            holdings_statement(store.backend(), &holders, values, Some(("ResolveIdentity", "touch-1")));
+        let by_id = holdings_statement(store.backend(), PROFILE_HOLDER, vec!["p-1".into()], None);
+        for query in [by_identifiers, by_id] {
+            let plan = Statement { sql: format!("EXPLAIN QUERY PLAN {}", query.sql), ..query };
+            let steps: Vec<String> = store
+                .conn()
+                .query_all_raw(plan)
+                .await
+                .expect("plan")
+                .iter()
+                .map(|r| r.try_get_by_index::<String>(3).expect("detail"))
+                .collect();
+            // Scanning the profiles found (`h`) is the point; scanning a
+            // table is not.
+            let scans: Vec<&String> =
+                steps.iter().filter(|s| s.strip_prefix("SCAN ").is_some_and(|what| what != "h")).collect();
+            assert!(scans.is_empty(), "{steps:#?}");
+        }
     }
 
     #[tokio::test]

@@ -138,6 +138,41 @@ async fn concurrent_resolves_of_one_new_person_create_one_profile() {
 }
 
 #[tokio::test]
+async fn concurrent_resolves_of_a_known_person_see_each_others_identifiers() {
+    let (_server, mut client) = spawn_app().await;
+    let email = || id(IdentifierType::Email, "lia@correo.es");
+    let first = client.resolve_identity(resolve(vec![email()])).await.expect("first").into_inner();
+    let pid = first.profile.expect("profile").id;
+    // Each touchpoint brings a phone of its own; a profile holds five.
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let mut client = client.clone();
+            let ids = vec![email(), id(IdentifierType::Phone, &format!("+3461200{i:04}"))];
+            tokio::spawn(async move { client.resolve_identity(resolve(ids)).await.expect("resolve").into_inner() })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    let phones = |p: &pb::Profile| {
+        p.identifiers
+            .iter()
+            .filter(|i| i.identifier.as_ref().is_some_and(|i| i.r#type == IdentifierType::Phone as i32))
+            .count()
+    };
+    assert!(answers.iter().all(|a| a.profile.as_ref().is_some_and(|p| p.id == pid)), "one person");
+    let got = client.get_profile(pb::GetProfileRequest { profile_id: pid }).await.expect("get").into_inner();
+    assert_eq!(phones(&got.profile.expect("profile")), 5, "the limit holds");
+    // The resolves that attached a phone, in commit order: each shows the
+    // phones attached before it.
+    let mut attached: Vec<&pb::ResolveIdentityResponse> = answers.iter().filter(|a| a.sequence > 0).collect();
+    attached.sort_by_key(|a| a.sequence);
+    let shown: Vec<usize> = attached.iter().map(|a| phones(a.profile.as_ref().expect("profile"))).collect();
+    assert_eq!(shown, [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
 async fn a_retried_resolve_returns_the_first_answer() {
     let (_server, mut client) = spawn_app().await;
     let mut req = resolve(vec![id(IdentifierType::CustomerNumber, "C-1001")]);
