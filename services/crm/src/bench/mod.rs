@@ -105,6 +105,13 @@ enum Workload {
         /// Calls of the ceiling measured first (default: --requests).
         #[arg(long)]
         ceiling_requests: Option<u64>,
+        /// Number of the first call (warm-up included). Call i resolves the
+        /// returning customer that i picks, so each run repeats the people
+        /// of the runs before it unless it starts where they ended: a
+        /// person resolved before is found by the identifiers stored then,
+        /// which costs less than matching a newcomer.
+        #[arg(long, default_value_t = 0)]
+        first_call: u64,
     },
     /// Feed replay rate: fill the feed to --events if it holds fewer, then
     /// Subscribe(after_sequence = 0) and read them all.
@@ -289,6 +296,7 @@ async fn run_workload(workload: Workload, target: &Target) -> anyhow::Result<Rep
             import_from,
             no_train,
             ceiling_requests,
+            first_call,
             ..
         } => {
             load.check()?;
@@ -314,7 +322,7 @@ async fn run_workload(workload: Workload, target: &Target) -> anyhow::Result<Rep
             let ceiling = measure(HealthLane::lanes(&channels, load.concurrency), &ceiling_load, 0, "ceiling").await;
             report.set_ceiling(ceiling.summary(HEALTH_CHECK, channels.len()), ceiling_load.warmup());
             let lanes = ResolveLane::lanes(&channels, load.concurrency, &people);
-            let workflow = measure(lanes, &load, 0, "resolve-identity").await;
+            let workflow = measure(lanes, &load, first_call, "resolve-identity").await;
             report.set_workflow(workflow.summary(RESOLVE_IDENTITY, channels.len()), load.warmup());
             report.set_customers(size);
         }
