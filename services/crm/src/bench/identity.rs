@@ -258,6 +258,18 @@ mod tests {
     }
 
     #[test]
+    fn runs_from_far_apart_first_calls_resolve_mostly_other_people() {
+        let people = People::generate(20_000, 7);
+        let run = |first: u64| -> std::collections::BTreeSet<String> {
+            (first..first + 500).map(|i| format!("{:?}", ResolveLane::request(&people, i).attributes)).collect()
+        };
+        let (from_zero, from_far) = (run(0), run(1_000_000));
+        assert_eq!(from_zero, run(0), "the same calls, the same people");
+        let repeated = from_zero.intersection(&from_far).count();
+        assert!(repeated < 50, "{repeated} of 500 repeated");
+    }
+
+    #[test]
     fn every_request_is_valid() {
         let people = People::generate(2_000, 2026);
         let base = people.originals().iter().enumerate().map(|(i, (_, r))| touchpoint(r, i as u64));

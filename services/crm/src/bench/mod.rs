@@ -107,9 +107,10 @@ enum Workload {
         ceiling_requests: Option<u64>,
         /// Number of the first call (warm-up included). Call i resolves the
         /// returning customer that i picks, so each run repeats the people
-        /// of the runs before it unless it starts where they ended: a
-        /// person resolved before is found by the identifiers stored then,
-        /// which costs less than matching a newcomer.
+        /// of the runs before it unless it starts where they ended (then
+        /// only a few repeat, by chance): a person resolved before is found
+        /// by the identifiers stored then, which costs less than matching a
+        /// newcomer.
         #[arg(long, default_value_t = 0)]
         first_call: u64,
     },
