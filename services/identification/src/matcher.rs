@@ -705,17 +705,14 @@ pub const KEY_SCHEME: i64 = 2;
 /// The `feed_cursors` row holding the key scheme the stored keys follow.
 const KEY_SCHEME_MARK: &str = "identification.blocking_key_scheme";
 
-/// Index every live profile that has no records kept yet (a store from
-/// before records were kept), then, once per raise of [`KEY_SCHEME`], give
-/// every live profile the keys of the new kinds; in pages, run at start,
-/// before serving. Returns the profiles indexed.
+/// Once per raise of [`KEY_SCHEME`], and on a store that never recorded
+/// one, bring every live profile's view and keys up to date: a profile from
+/// before records were kept gets its view, and every profile the keys of the
+/// new kinds. In pages, run at start, before serving; a store already at
+/// the scheme costs one read (not a search of every profile for one without
+/// records, which took seconds at a million people). Returns the profiles
+/// indexed.
 pub async fn backfill(store: &Store) -> Result<u64, RuntimeError> {
-    let unindexed = index_pages(
-        store,
-        "SELECT id FROM profiles p WHERE status = ? AND id > ? \
-         AND NOT EXISTS (SELECT 1 FROM profile_records r WHERE r.profile_id = p.id) ORDER BY id LIMIT 500",
-    )
-    .await?;
     let mark = store
         .conn()
         .query_one_raw(crm_runtime::db::stmt(
@@ -728,11 +725,11 @@ pub async fn backfill(store: &Store) -> Result<u64, RuntimeError> {
         .transpose()?
         .unwrap_or(1);
     if mark >= KEY_SCHEME {
-        return Ok(unindexed);
+        return Ok(0);
     }
-    // Indexing writes only the keys a profile lacks: here those of the new
-    // kinds. Interrupted, it starts over at the next start.
-    let rekeyed =
+    // Indexing writes only what a profile lacks. Interrupted, it starts
+    // over at the next start.
+    let indexed =
         index_pages(store, "SELECT id FROM profiles WHERE status = ? AND id > ? ORDER BY id LIMIT 500").await?;
     let tx = store.begin_write().await?;
     tx.execute_raw(tx.stmt(
@@ -742,7 +739,7 @@ pub async fn backfill(store: &Store) -> Result<u64, RuntimeError> {
     ))
     .await?;
     tx.commit().await?;
-    Ok(unindexed + rekeyed)
+    Ok(indexed)
 }
 
 /// [`index_profile`] every profile `select` lists (bound to the live status

@@ -1257,9 +1257,21 @@ async fn profiles_indexed_before_a_new_key_kind_get_its_keys_at_start() {
         .unwrap();
         rows.len()
     };
+    let views = async |store: &crm_runtime::db::Store| {
+        let sql = "SELECT COUNT(*) FROM profile_records WHERE profile_id = ?";
+        let row = sea_orm::ConnectionTrait::query_one_raw(store.conn(), store.stmt(sql, vec![lucia.id.clone().into()]))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    };
     assert_eq!(new_keys(&store).await, 2);
+    assert!(views(&store).await > 0);
+    // A store from before the new key kinds, and from before records were
+    // kept.
     for sql in [
         "DELETE FROM blocking_keys WHERE key LIKE 'nl:%' OR key LIKE 'sn:%'",
+        "DELETE FROM profile_records",
         "DELETE FROM feed_cursors WHERE name = 'identification.blocking_key_scheme'",
     ] {
         sea_orm::ConnectionTrait::execute_raw(store.conn(), store.stmt(sql, vec![])).await.unwrap();
@@ -1273,4 +1285,5 @@ async fn profiles_indexed_before_a_new_key_kind_get_its_keys_at_start() {
     assert_eq!(indexed, 1);
     assert_eq!(again, 0);
     assert_eq!(new_keys(&store).await, 2);
+    assert!(views(&store).await > 0, "the view is kept again");
 }
