@@ -729,8 +729,7 @@ pub async fn backfill(store: &Store) -> Result<u64, RuntimeError> {
     }
     // Indexing writes only what a profile lacks. Interrupted, it starts
     // over at the next start.
-    let indexed =
-        index_pages(store, "SELECT id FROM profiles WHERE status = ? AND id > ? ORDER BY id LIMIT 500").await?;
+    let indexed = index_live_profiles(store).await?;
     let tx = store.begin_write().await?;
     tx.execute_raw(tx.stmt(
         "INSERT INTO feed_cursors (name, position) VALUES (?, ?) \
@@ -742,9 +741,10 @@ pub async fn backfill(store: &Store) -> Result<u64, RuntimeError> {
     Ok(indexed)
 }
 
-/// [`index_profile`] every profile `select` lists (bound to the live status
-/// and the last id of the previous page), a page per transaction.
-async fn index_pages(store: &Store, select: &str) -> Result<u64, RuntimeError> {
+/// [`index_profile`] every live profile, in pages of 500 by id, a page per
+/// transaction.
+async fn index_live_profiles(store: &Store) -> Result<u64, RuntimeError> {
+    const PAGE: &str = "SELECT id FROM profiles WHERE status = ? AND id > ? ORDER BY id LIMIT 500";
     let mut after = String::new();
     let mut indexed = 0;
     loop {
@@ -752,7 +752,7 @@ async fn index_pages(store: &Store, select: &str) -> Result<u64, RuntimeError> {
             .conn()
             .query_all_raw(crm_runtime::db::stmt(
                 store.backend(),
-                select,
+                PAGE,
                 vec![crate::store::status::ACTIVE.into(), after.clone().into()],
             ))
             .await?;
