@@ -244,12 +244,18 @@ pub(crate) fn remember_in(
         vec![at_us.into(), profile_id.into(), fingerprint.into(), record.to_bytes().into()],
     )];
     state.kept.push(Kept { fingerprint, seen_at_us: at_us, record: Some(record.clone()) });
-    // Only the most recently seen records stay.
-    let mut told: Vec<(i64, i64)> =
-        state.kept.iter().filter(|k| k.fingerprint != VIEW).map(|k| (k.seen_at_us, k.fingerprint)).collect();
-    if told.len() as i64 > MAX_RECORDS {
+    // Only the most recently seen records stay, this one first whatever
+    // the others' times (a clock stepped back): no statement here touches
+    // a row another one touches.
+    let mut told: Vec<(i64, i64)> = state
+        .kept
+        .iter()
+        .filter(|k| k.fingerprint != VIEW && k.fingerprint != fingerprint)
+        .map(|k| (k.seen_at_us, k.fingerprint))
+        .collect();
+    if told.len() as i64 >= MAX_RECORDS {
         told.sort_unstable_by(|a, b| b.cmp(a));
-        let gone: Vec<i64> = told[MAX_RECORDS as usize..].iter().map(|(_, f)| *f).collect();
+        let gone: Vec<i64> = told[MAX_RECORDS as usize - 1..].iter().map(|(_, f)| *f).collect();
         state.kept.retain(|k| !gone.contains(&k.fingerprint));
         let marks = vec!["?"; gone.len()].join(", ");
         let mut values = vec![profile_id.into()];
@@ -767,5 +773,44 @@ async fn index_live_profiles(store: &Store) -> Result<u64, RuntimeError> {
             }
         }
         tx.commit().await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn told(given: &str) -> Record {
+        Record {
+            given_name: given.into(),
+            family_name: "garcia".into(),
+            birth_date: Some((1980, 5, 17)),
+            postcode: "28001".into(),
+            ..Default::default()
+        }
+    }
+
+    /// A resolve's statements touch rows none of the others touches (they
+    /// may run as one statement): the record told now is never among those
+    /// it pushes out, even when the others carry later times (a clock
+    /// stepped back, another replica's clock).
+    #[test]
+    fn a_new_record_pushes_out_the_oldest_but_never_itself() {
+        let backend = sea_orm::DatabaseBackend::Postgres;
+        let at = 1_000_000;
+        let mut state = MatchState::default();
+        for i in 0..MAX_RECORDS {
+            let r = told(&format!("name{i}"));
+            state.kept.push(Kept { fingerprint: r.fingerprint(), seen_at_us: at - i, record: Some(r) });
+        }
+        let oldest = state.kept.last().map(|k| k.fingerprint).unwrap_or_default();
+        let new = told("newcomer");
+        let (was_new, statements) = remember_in(backend, &mut state, "p", &new, at - MAX_RECORDS);
+        assert!(was_new);
+        assert_eq!(statements.len(), 2, "an insert and a delete");
+        let deleted: Vec<sea_orm::Value> = statements[1].values.as_ref().map(|v| v.0[1..].to_vec()).unwrap_or_default();
+        assert_eq!(deleted, vec![sea_orm::Value::from(oldest)]);
+        assert_eq!(state.kept.len() as i64, MAX_RECORDS);
+        assert!(state.kept.iter().any(|k| k.fingerprint == new.fingerprint()));
     }
 }

@@ -480,6 +480,9 @@ async fn resolve_in(
         }
     }
 
+    // From here on the write only queues statements (but for a stitch,
+    // which runs its own), each changing rows none of the others changes.
+    let mark = tx.deferred_mark();
     let response = match chosen {
         None => {
             let (unowned, _) = domain::profile::within_limits(&[], &unowned);
@@ -703,6 +706,7 @@ async fn resolve_in(
     let decision = decision_statement(tx, &subject, response.sequence, response.explanation.as_ref());
     tx.defer(decision);
     idempotency::record_later(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &subject, &response);
+    tx.combine_deferred_since(mark);
     Ok(response)
 }
 

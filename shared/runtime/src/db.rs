@@ -115,6 +115,7 @@ impl Writer {
             committed: self.committed.clone(),
             batch: None,
             deferred: Vec::new(),
+            flushes: 0,
             looked: None,
             recorded: HashSet::new(),
         })
@@ -400,6 +401,66 @@ fn round_trips(backend: DatabaseBackend, statements: Vec<Statement>) -> Vec<Stat
     chunks
 }
 
+/// On PostgreSQL, `statements` (each numbering its own `$n` placeholders)
+/// as one statement, one round trip: all but the last as data-modifying
+/// `WITH` queries of the last. Each runs exactly once, but they run on one
+/// snapshot, none sees what another writes, and their order is not kept:
+/// only for statements that each change rows no other one touches (see
+/// `WriteTxn::combine_deferred_since`). Each must be an `INSERT`, `UPDATE`
+/// or `DELETE`; a statement that is not, and a lone statement, is left as
+/// it is. Elsewhere `statements` unchanged.
+fn combined(backend: DatabaseBackend, statements: Vec<Statement>) -> Vec<Statement> {
+    let modifies = |s: &Statement| {
+        let head = s.sql.trim_start().get(..6).unwrap_or_default().to_ascii_uppercase();
+        matches!(head.as_str(), "INSERT" | "UPDATE" | "DELETE")
+    };
+    if backend != DatabaseBackend::Postgres || statements.len() < 2 || !statements.iter().all(modifies) {
+        return statements;
+    }
+    let last = statements.len() - 1;
+    let (mut sql, mut values) = (String::from("WITH "), Vec::new());
+    for (i, s) in statements.into_iter().enumerate() {
+        match i {
+            0 => {}
+            i if i == last => sql.push(' '),
+            _ => sql.push_str(", "),
+        }
+        if i < last {
+            sql.push_str(&format!("d{i} AS ("));
+        }
+        shift_placeholders(&s.sql, values.len(), &mut sql);
+        if i < last {
+            sql.push(')');
+        }
+        values.extend(s.values.map(|v| v.0).unwrap_or_default());
+    }
+    vec![Statement::from_sql_and_values(backend, sql, values)]
+}
+
+/// Append `sql` to `out` with each PostgreSQL placeholder `$n` outside
+/// quotes renumbered `$(n + by)`.
+fn shift_placeholders(sql: &str, by: usize, out: &mut String) {
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(ch) = chars.next() {
+        out.push(ch);
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(ch),
+            (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = 0_usize;
+                while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                    n = n * 10 + d as usize;
+                    chars.next();
+                }
+                out.push_str(&(n + by).to_string());
+            }
+            (None, _) => {}
+        }
+    }
+}
+
 /// Run `statements` through `c` in order, for their effects only: on
 /// SQLite in one round trip (see [`round_trips`]), elsewhere one by one.
 pub async fn execute_all<C: ConnectionTrait>(c: &C, statements: Vec<Statement>) -> Result<(), DbErr> {
@@ -550,6 +611,14 @@ impl Lookup {
     }
 }
 
+/// A place among a write's deferred statements (see
+/// `WriteTxn::deferred_mark`).
+#[derive(Debug, Clone, Copy)]
+pub struct DeferredMark {
+    flushes: u64,
+    len: usize,
+}
+
 /// What `WriteTxn::looked_up` answers.
 enum Looked {
     /// Read with the other lookups of the batch.
@@ -571,6 +640,9 @@ pub struct WriteTxn {
     batch: Option<BatchHead>,
     /// Statements to run when the write ends (see `defer`).
     deferred: Vec<Statement>,
+    /// How many times deferred statements were taken to run (see
+    /// `deferred_mark`).
+    flushes: u64,
     /// The lookup of the write running (see `looked_up`).
     looked: Option<Looked>,
     /// The idempotency keys stored by the writes so far, for the lookups
@@ -589,6 +661,7 @@ impl WriteTxn {
             committed: self.committed.clone(),
             batch: self.batch,
             deferred: Vec::new(),
+            flushes: 0,
             looked: None,
             recorded: HashSet::new(),
         })
@@ -616,6 +689,26 @@ impl WriteTxn {
     /// [`defer`](Self::defer) each of `stmts`, in order.
     pub fn defer_all(&mut self, stmts: impl IntoIterator<Item = Statement>) {
         self.deferred.extend(stmts);
+    }
+
+    /// Where the statements deferred from now on begin (see
+    /// [`combine_deferred_since`](Self::combine_deferred_since)).
+    pub fn deferred_mark(&self) -> DeferredMark {
+        DeferredMark { flushes: self.flushes, len: self.deferred.len() }
+    }
+
+    /// Declare the statements deferred since `mark` independent of each
+    /// other: each changes only rows that none of the others changes, and
+    /// none needs another to have run first. On PostgreSQL they then run as
+    /// one statement (one round trip rather than one each, see
+    /// [`combined`]); SQLite runs deferred statements in one round trip
+    /// anyway. Nothing changes if they already ran.
+    pub fn combine_deferred_since(&mut self, mark: DeferredMark) {
+        if mark.flushes != self.flushes || mark.len >= self.deferred.len() {
+            return;
+        }
+        let tail = self.deferred.split_off(mark.len);
+        self.deferred.extend(combined(self.tx.get_database_backend(), tail));
     }
 
     /// Store the response of a fresh idempotency claim (as
@@ -750,6 +843,7 @@ impl WriteTxn {
     /// The deferred statements as the round trips that run them (see
     /// [`round_trips`]).
     fn take_deferred(&mut self) -> Vec<Statement> {
+        self.flushes += 1;
         round_trips(self.tx.get_database_backend(), std::mem::take(&mut self.deferred))
     }
 
@@ -889,6 +983,32 @@ mod tests {
         assert_eq!(s.sql, "SELECT a FROM t WHERE b = $1 AND c = $2");
         let s = stmt(DatabaseBackend::Sqlite, "SELECT a FROM t WHERE b = ?", vec![1.into()]);
         assert_eq!(s.sql, "SELECT a FROM t WHERE b = ?");
+    }
+
+    #[test]
+    fn independent_statements_become_one_on_postgres_with_placeholders_renumbered() {
+        let pg = DatabaseBackend::Postgres;
+        let statements = vec![
+            stmt(pg, "INSERT INTO t (a, b) VALUES (?, ?)", vec![1.into(), 2.into()]),
+            stmt(pg, "UPDATE t SET b = ? WHERE a = ? AND c <> '$1' AND \"$2\" = 0", vec![3.into(), 4.into()]),
+            stmt(pg, "delete FROM u WHERE x IN (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (5..15).map(Value::from).collect()),
+        ];
+        let one = combined(pg, statements.clone());
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            one[0].sql,
+            "WITH d0 AS (INSERT INTO t (a, b) VALUES ($1, $2)), \
+             d1 AS (UPDATE t SET b = $3 WHERE a = $4 AND c <> '$1' AND \"$2\" = 0) \
+             delete FROM u WHERE x IN ($5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        assert_eq!(one[0].values.as_ref().map(|v| v.0.clone()), Some((1..15).map(Value::from).collect()));
+        // A lone statement, one that is not a change, and SQLite: as they are.
+        assert_eq!(combined(pg, statements[..1].to_vec())[0].sql, statements[0].sql);
+        let select = stmt(pg, "SELECT 1", vec![]);
+        assert_eq!(combined(pg, vec![statements[0].clone(), select]).len(), 2);
+        let lite = DatabaseBackend::Sqlite;
+        let on_sqlite = vec![stmt(lite, "INSERT INTO t (a) VALUES (?)", vec![1.into()]); 2];
+        assert_eq!(combined(lite, on_sqlite).len(), 2);
     }
 
     #[test]
