@@ -62,7 +62,8 @@ const CHECKPOINTING: Checkpointing =
 const CATCH_UP_ROUNDS: usize = 4;
 const CATCH_UP_PAGES: i64 = 128;
 /// Most values bound in one multi-statement round trip on SQLite (it
-/// accepts 32,766).
+/// accepts 32,766), or in one combined statement on PostgreSQL (see
+/// `combined`).
 const MAX_DEFERRED_VALUES: usize = 8_192;
 /// The SQLite writer's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 32_768;
@@ -407,14 +408,20 @@ fn round_trips(backend: DatabaseBackend, statements: Vec<Statement>) -> Vec<Stat
 /// snapshot, none sees what another writes, and their order is not kept:
 /// only for statements that each change rows no other one touches (see
 /// `WriteTxn::combine_deferred_since`). Each must be an `INSERT`, `UPDATE`
-/// or `DELETE`; a statement that is not, and a lone statement, is left as
-/// it is. Elsewhere `statements` unchanged.
+/// or `DELETE`, and together they bind at most `MAX_DEFERRED_VALUES`
+/// values (PostgreSQL takes 65,535); otherwise, and for a lone statement,
+/// `statements` are left as they are, as they are on other backends.
 fn combined(backend: DatabaseBackend, statements: Vec<Statement>) -> Vec<Statement> {
     let modifies = |s: &Statement| {
         let head = s.sql.trim_start().get(..6).unwrap_or_default().to_ascii_uppercase();
         matches!(head.as_str(), "INSERT" | "UPDATE" | "DELETE")
     };
-    if backend != DatabaseBackend::Postgres || statements.len() < 2 || !statements.iter().all(modifies) {
+    let bound: usize = statements.iter().map(|s| s.values.as_ref().map_or(0, |v| v.0.len())).sum();
+    if backend != DatabaseBackend::Postgres
+        || statements.len() < 2
+        || bound > MAX_DEFERRED_VALUES
+        || !statements.iter().all(modifies)
+    {
         return statements;
     }
     let last = statements.len() - 1;
@@ -1006,6 +1013,9 @@ mod tests {
         assert_eq!(combined(pg, statements[..1].to_vec())[0].sql, statements[0].sql);
         let select = stmt(pg, "SELECT 1", vec![]);
         assert_eq!(combined(pg, vec![statements[0].clone(), select]).len(), 2);
+        let marks = vec!["?"; MAX_DEFERRED_VALUES].join(", ");
+        let many = stmt(pg, &format!("DELETE FROM u WHERE x IN ({marks})"), vec![0.into(); MAX_DEFERRED_VALUES]);
+        assert_eq!(combined(pg, vec![statements[0].clone(), many]).len(), 2);
         let lite = DatabaseBackend::Sqlite;
         let on_sqlite = vec![stmt(lite, "INSERT INTO t (a) VALUES (?)", vec![1.into()]); 2];
         assert_eq!(combined(lite, on_sqlite).len(), 2);
