@@ -13,7 +13,9 @@
 //! connection's thread), and the writer runs them one after the other: a
 //! write's deferred statements (`WriteTxn::defer`: its event, the rows it
 //! inserts and does not read back, its idempotent response) run together
-//! when the write's own work is done, on SQLite in one round trip.
+//! when the write's own work is done, on SQLite in one round trip, and on
+//! PostgreSQL as one statement when the write declares them independent
+//! (`WriteTxn::combine_deferred_since`).
 //!
 //! Rolling back one write alone takes a SAVEPOINT around each write, two
 //! more statements per write. While writes succeed the batch runs without
