@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crm_runtime::{db::Store, migration::RuntimeMigrator, testing::TestDb};
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DbErr, Value};
 
 async fn store(db: &TestDb) -> Store {
     let store = Store::connect(&db.url, 4).await.expect("connect");
@@ -23,6 +23,18 @@ async fn rows(store: &Store, sql: &str) -> Vec<(String, i64)> {
     rows.iter().map(|r| (r.try_get_by_index(0).unwrap(), r.try_get_by_index(1).unwrap())).collect()
 }
 
+/// Defer `statements` (SQL with `?` and its values) in one write, declare
+/// them independent, and commit.
+async fn write_independently(store: &Store, statements: &[(&str, Vec<Value>)]) -> Result<(), DbErr> {
+    let mut tx = store.begin_write().await?;
+    let mark = tx.deferred_mark();
+    for (sql, values) in statements {
+        tx.defer(tx.stmt(sql, values.clone()));
+    }
+    tx.combine_deferred_since(mark);
+    tx.commit().await
+}
+
 /// Statements declared independent (on PostgreSQL one statement) have the
 /// effects of each: a child inserted beside its parent satisfies its
 /// foreign key, and a placeholder-like text in a literal stays text.
@@ -30,17 +42,18 @@ async fn rows(store: &Store, sql: &str) -> Vec<(String, i64)> {
 async fn independent_deferred_statements_have_each_ones_effect() {
     let db = TestDb::new("runtime").await;
     let store = store(&db).await;
-    let mut tx = store.begin_write().await.expect("begin");
-    let mark = tx.deferred_mark();
-    tx.defer_all([
-        tx.stmt("INSERT INTO parents (id, n) VALUES (?, ?)", vec!["new".into(), 3.into()]),
-        tx.stmt("INSERT INTO children (id, parent) VALUES (?, ?)", vec!["child".into(), "new".into()]),
-        tx.stmt("UPDATE parents SET n = ? WHERE id = ?", vec![10.into(), "kept".into()]),
-        tx.stmt("DELETE FROM parents WHERE id = ?", vec!["gone".into()]),
-        tx.stmt("INSERT INTO parents (id, n) VALUES ('$1', ?)", vec![4.into()]),
-    ]);
-    tx.combine_deferred_since(mark);
-    tx.commit().await.expect("commit");
+    write_independently(
+        &store,
+        &[
+            ("INSERT INTO parents (id, n) VALUES (?, ?)", vec!["new".into(), 3.into()]),
+            ("INSERT INTO children (id, parent) VALUES (?, ?)", vec!["child".into(), "new".into()]),
+            ("UPDATE parents SET n = ? WHERE id = ?", vec![10.into(), "kept".into()]),
+            ("DELETE FROM parents WHERE id = ?", vec!["gone".into()]),
+            ("INSERT INTO parents (id, n) VALUES ('$1', ?)", vec![4.into()]),
+        ],
+    )
+    .await
+    .expect("write");
     assert_eq!(
         rows(&store, "SELECT id, n FROM parents ORDER BY id").await,
         vec![("$1".into(), 4), ("kept".into(), 10), ("new".into(), 3)]
@@ -55,14 +68,15 @@ async fn independent_deferred_statements_have_each_ones_effect() {
 async fn a_failing_independent_statement_fails_the_write() {
     let db = TestDb::new("runtime").await;
     let store = store(&db).await;
-    let mut tx = store.begin_write().await.expect("begin");
-    let mark = tx.deferred_mark();
-    tx.defer_all([
-        tx.stmt("UPDATE parents SET n = ? WHERE id = ?", vec![10.into(), "kept".into()]),
-        tx.stmt("INSERT INTO parents (id, n) VALUES (?, ?)", vec!["gone".into(), 5.into()]),
-    ]);
-    tx.combine_deferred_since(mark);
-    assert!(tx.commit().await.is_err(), "a duplicate key must fail the write");
+    let written = write_independently(
+        &store,
+        &[
+            ("UPDATE parents SET n = ? WHERE id = ?", vec![10.into(), "kept".into()]),
+            ("INSERT INTO parents (id, n) VALUES (?, ?)", vec!["gone".into(), 5.into()]),
+        ],
+    )
+    .await;
+    assert!(written.is_err(), "a duplicate key must fail the write");
     assert_eq!(
         rows(&store, "SELECT id, n FROM parents ORDER BY id").await,
         vec![("gone".into(), 2), ("kept".into(), 1)]
