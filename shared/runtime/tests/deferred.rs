@@ -83,3 +83,25 @@ async fn a_failing_independent_statement_fails_the_write() {
     );
     store.close().await.expect("close");
 }
+
+/// Statements that ran before the declaration are not combined with the
+/// ones queued after them: here an update that must see the insert before
+/// it (as one statement it would not, and change nothing).
+#[tokio::test]
+async fn statements_queued_after_a_flush_are_not_combined_with_a_mark_from_before_it() {
+    let db = TestDb::new("runtime").await;
+    let store = store(&db).await;
+    let mut tx = store.begin_write().await.expect("begin");
+    let mark = tx.deferred_mark();
+    tx.defer(tx.stmt("UPDATE parents SET n = ? WHERE id = ?", vec![7.into(), "kept".into()]));
+    tx.flush_deferred().await.expect("flush");
+    tx.defer(tx.stmt("INSERT INTO parents (id, n) VALUES (?, ?)", vec!["late".into(), 1.into()]));
+    tx.defer(tx.stmt("UPDATE parents SET n = ? WHERE id = ?", vec![8.into(), "late".into()]));
+    tx.combine_deferred_since(mark);
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        rows(&store, "SELECT id, n FROM parents ORDER BY id").await,
+        vec![("gone".into(), 2), ("kept".into(), 7), ("late".into(), 8)]
+    );
+    store.close().await.expect("close");
+}
