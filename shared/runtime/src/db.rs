@@ -1030,6 +1030,20 @@ mod tests {
         assert_eq!(sqlite_file("sqlite://shared?mode=memory&cache=shared"), None);
     }
 
+    /// A statement whose plan may depend on a bound value (a bound LIMIT,
+    /// as feed and list reads have, and the candidates read of matching)
+    /// is compiled again whenever that value is bound anew, unless SQLite
+    /// was built with the query planner stability guarantee (see
+    /// `.cargo/config.toml`): cached statements would be compiled on every
+    /// run.
+    #[tokio::test]
+    async fn sqlite_plans_never_depend_on_bound_values() {
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        let option = Statement::from_string(DatabaseBackend::Sqlite, "SELECT sqlite_compileoption_used('ENABLE_QPSG')");
+        let used: i64 = store.conn().query_one_raw(option).await.unwrap().unwrap().try_get_by_index(0).unwrap();
+        assert_eq!(used, 1, "SQLite was built without SQLITE_ENABLE_QPSG");
+    }
+
     /// Under writes that never pause, a background checkpoint alone never
     /// catches up with the WAL, and SQLite only starts a WAL over once all
     /// of it was copied: the WAL would grow until the writer checkpoints it
