@@ -65,6 +65,13 @@ const CATCH_UP_PAGES: i64 = 128;
 /// accepts 32,766), or in one combined statement on PostgreSQL (see
 /// `combined`).
 const MAX_DEFERRED_VALUES: usize = 8_192;
+/// Statements each PostgreSQL connection keeps prepared (sqlx keeps 100),
+/// unless the URL sets `statement-cache-capacity`. A write's statements
+/// come in a few hundred shapes (a resolve's combined write in about 240:
+/// the rows and keys it inserts and deletes vary); one prepared again costs
+/// its parse and plan on the connection every write waits for. A thousand
+/// cost the server some 25 MB a connection (BENCHMARKS.md, identification).
+const POSTGRES_STATEMENT_CACHE: usize = 1_000;
 /// The SQLite writer's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 32_768;
 /// How much of a SQLite database file each connection reads through a
@@ -160,6 +167,9 @@ impl Store {
         let sqlite = url.starts_with("sqlite:");
         if !sqlite {
             opts.max_connections(max_connections).min_connections(1);
+            if !url.contains("statement-cache-capacity") {
+                opts.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(POSTGRES_STATEMENT_CACHE));
+            }
             let db = Database::connect(opts).await?;
             let writer =
                 Writer { conn: db.clone(), lock: None, dedicated: false, committed: Arc::new(watch::channel(0).0) };
