@@ -70,7 +70,8 @@ const MAX_DEFERRED_VALUES: usize = 8_192;
 /// come in a few hundred shapes (a resolve's combined write in about 240:
 /// the rows and keys it inserts and deletes vary); one prepared again costs
 /// its parse and plan on the connection every write waits for. A thousand
-/// cost the server some 25 MB a connection (BENCHMARKS.md, identification).
+/// cost the server some 20 MB more a connection (BENCHMARKS.md,
+/// identification).
 const POSTGRES_STATEMENT_CACHE: usize = 1_000;
 /// The SQLite writer's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 32_768;
