@@ -232,7 +232,7 @@ impl IdentificationService for IdentificationApi {
                 continue;
             };
             let (store, matcher) = (self.store.clone(), self.matcher.clone());
-            let mut resolve = Box::pin(async move { store::resolve(&store, &matcher, Arc::new(cmd)).await });
+            let mut resolve = Box::pin(async move { store::resolve_in_order(&store, &matcher, Arc::new(cmd)).await });
             // The first poll queues the write.
             if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(resolve.as_mut().poll(cx))).await {
                 count(&mut counts, &r?);

@@ -316,19 +316,20 @@ pub async fn records_of<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> Res
 pub async fn index_profile<C: ConnectionTrait>(c: &C, profile: &pb::Profile) -> Result<(), DbErr> {
     let mut states = match_states(c, std::slice::from_ref(&profile.id)).await?;
     let state = states.remove(&profile.id).unwrap_or_default();
-    for s in index_in(c.get_database_backend(), profile, &state) {
+    for s in index_in(c.get_database_backend(), profile, &state).0 {
         c.execute_raw(s).await?;
     }
     Ok(())
 }
 
 /// [`index_profile`] planned on what matching keeps of the profile: the
-/// statements that bring it up to date.
+/// statements that bring it up to date, and the blocking keys they add or
+/// remove.
 pub(crate) fn index_in(
     backend: sea_orm::DatabaseBackend,
     profile: &pb::Profile,
     state: &MatchState,
-) -> Vec<sea_orm::Statement> {
+) -> (Vec<sea_orm::Statement>, Vec<String>) {
     let id = profile.id.as_str();
     let view = record_of(profile);
     let mut statements = Vec::new();
@@ -381,6 +382,7 @@ pub(crate) fn index_in(
         ));
     }
     let fresh: Vec<&String> = wanted.difference(held).collect();
+    let changed: Vec<String> = stale.iter().chain(&fresh).map(|k| (*k).clone()).collect();
     for chunk in fresh.chunks(200) {
         let rows = vec!["(?, ?)"; chunk.len()].join(", ");
         let mut values = Vec::with_capacity(chunk.len() * 2);
@@ -396,7 +398,20 @@ pub(crate) fn index_in(
             values,
         ));
     }
-    statements
+    (statements, changed)
+}
+
+/// The token of blocking key `key` (see `crm_runtime::changes`): changed by
+/// a write that adds it to a profile or takes it away, read by a resolve
+/// whose touchpoint has it.
+pub(crate) fn key_token(key: &str) -> u64 {
+    crm_runtime::changes::token(&["identification.key", key])
+}
+
+/// The tokens a candidates read for `record` depends on, besides its
+/// candidates' profiles: its blocking keys.
+pub(crate) fn candidate_key_tokens(record: &Record) -> impl Iterator<Item = u64> {
+    matching::blocking_keys(record).into_iter().map(|k| key_token(&k))
 }
 
 /// Forget everything matching keeps of a profile (erased).

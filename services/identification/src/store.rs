@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crm_proto::identification::v1::{self as pb, MatchExplanation, MatchMethod, ProfileEvent, profile_event::Kind};
 use crm_runtime::{
+    changes::WriteMark,
     db::{Store, WriteTxn},
     error::RuntimeError,
     eventlog,
@@ -175,30 +176,110 @@ pub async fn get_profile(store: &Store, id: &str) -> Result<pb::Profile, Runtime
 
 /// Resolve a touchpoint's identifiers to one profile (ID-3, deterministic):
 /// an identifier already held names the profile; otherwise a prospect is
-/// created. The resolve is one group-committed write that begins with a
-/// read (see `Store::group_commit_read_first`): it reads the identifiers'
-/// holders with its idempotency key, then the candidates, and decides
-/// inside the write, so a write queued after it in the same batch sees
-/// what it did. Concurrent resolves of the same new person create one
-/// profile: a store's group-committed writes run one after the other,
-/// and should another writer (another replica) insert the identifier
-/// first, the resolve hits its unique key, rolls back alone and resolves
-/// again, now finding the winner's profile (or, with the same request
-/// id, replaying its response).
+/// created. It reads the identifiers' holders with its idempotency key,
+/// then the candidates, and decides on a pool connection, beside the
+/// store's writer; then one group-committed write (see
+/// `Store::group_commit_read_first`) writes what it decided — unless a
+/// write begun since its read changed anything it read (`crm_runtime::
+/// changes`): then it reads and decides again inside the write, so it sees
+/// every write before it, those of its own batch included. Concurrent
+/// resolves of the same new person create one profile: a store's
+/// group-committed writes run one after the other, and should another
+/// writer (another replica) insert the identifier first, the resolve hits
+/// its unique key, rolls back alone and resolves again, now finding the
+/// winner's profile (or, with the same request id, replaying its
+/// response). A request id already answered is answered from the read.
 pub async fn resolve(
     store: &Store,
     matcher: &Matcher,
     cmd: Arc<ResolveCommand>,
 ) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
+    resolve_with(store, matcher, cmd, true).await
+}
+
+/// [`resolve`], queued for the writer at its first poll, before anything
+/// is read: resolves polled one after the other are written in that order,
+/// each seeing the ones before it (a customer base loaded in the order of
+/// its file). Reads and decides inside the write.
+pub async fn resolve_in_order(
+    store: &Store,
+    matcher: &Matcher,
+    cmd: Arc<ResolveCommand>,
+) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
+    resolve_with(store, matcher, cmd, false).await
+}
+
+async fn resolve_with(
+    store: &Store,
+    matcher: &Matcher,
+    cmd: Arc<ResolveCommand>,
+    read_ahead: bool,
+) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
+        // Read and decide on a pool connection, beside the writer; the write
+        // reads again only if something it read changed meanwhile.
+        let ahead = if read_ahead {
+            let mark = store.settled();
+            let gathered = gather(&mut Reader::Pool(store.conn()), matcher, &cmd).await?;
+            if let Some((fingerprint, response)) = gathered.stored {
+                return idempotency::seen(cmd.fingerprint, fingerprint, response);
+            }
+            Some(Arc::new((mark, gathered)))
+        } else {
+            None
+        };
         let (m, c) = (matcher.clone(), Arc::clone(&cmd));
-        let outcome =
-            store.group_commit_read_first(move |tx| Box::pin(resolve_in(tx, m.clone(), Arc::clone(&c)))).await;
+        let outcome = store
+            .group_commit_read_first(move |tx| Box::pin(resolve_in(tx, m.clone(), Arc::clone(&c), ahead.clone())))
+            .await;
         match outcome {
             Err(RuntimeError::Database(e)) if attempt < 3 && RuntimeError::is_unique_violation(&e) => continue,
             other => return other,
+        }
+    }
+}
+
+/// Where a resolve reads: inside its write (after the deferred statements
+/// of the writes before it in the batch), or on a pool connection before it
+/// is queued.
+enum Reader<'a> {
+    Write(&'a mut WriteTxn),
+    Pool(&'a sea_orm::DatabaseConnection),
+}
+
+impl Reader<'_> {
+    fn backend(&self) -> DatabaseBackend {
+        match self {
+            Reader::Write(tx) => tx.get_database_backend(),
+            Reader::Pool(c) => c.get_database_backend(),
+        }
+    }
+
+    /// Every row of `query` (inside a write, with the deferred statements
+    /// before it: see `WriteTxn::query_all_after_deferred`).
+    async fn query_all(&mut self, query: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+        match self {
+            Reader::Write(tx) => tx.query_all_after_deferred(query).await,
+            Reader::Pool(c) => c.query_all_raw(query).await,
+        }
+    }
+
+    /// The active matcher model.
+    async fn model(&self, matcher: &Matcher) -> Result<Arc<matching::MatchModel>, RuntimeError> {
+        let (_, model) = match self {
+            Reader::Write(tx) => matcher.active(&***tx).await?,
+            Reader::Pool(c) => matcher.active(*c).await?,
+        };
+        Ok(model)
+    }
+
+    /// The candidates sharing a blocking key with `record`.
+    async fn candidates(&self, record: &matching::Record) -> Result<Vec<matcher::Candidate>, DbErr> {
+        match self {
+            Reader::Write(tx) => matcher::candidates(&***tx, record).await,
+            Reader::Pool(c) => matcher::candidates(*c, record).await,
         }
     }
 }
@@ -221,14 +302,14 @@ struct Holdings {
 /// request id), in one round trip with the deferred statements before it
 /// (`WriteTxn::query_all_after_deferred`).
 async fn holdings(
-    tx: &mut WriteTxn,
+    reader: &mut Reader<'_>,
     holders: &str,
     values: Vec<sea_orm::Value>,
     key: Option<(&str, &str)>,
 ) -> Result<Holdings, RuntimeError> {
-    let query = holdings_statement(tx.get_database_backend(), holders, values, key);
+    let query = holdings_statement(reader.backend(), holders, values, key);
     let mut out = Holdings::default();
-    for r in tx.query_all_after_deferred(query).await? {
+    for r in reader.query_all(query).await? {
         let part: i64 = r.try_get_by_index(0)?;
         let profile_id: String = r.try_get_by_index(1)?;
         let int = |i: usize| r.try_get_by_index::<i64>(i);
@@ -308,12 +389,12 @@ fn holdings_statement(
 
 /// The [`Holdings`] of the profiles holding any of `ids`, with `key`.
 async fn holdings_of_identifiers(
-    tx: &mut WriteTxn,
+    reader: &mut Reader<'_>,
     ids: &[Normalized],
     key: Option<(&str, &str)>,
 ) -> Result<Holdings, RuntimeError> {
     let (holders, values) = holders_of_identifiers(ids);
-    holdings(tx, &holders, values, key).await
+    holdings(reader, &holders, values, key).await
 }
 
 /// SQL selecting the profiles holding any of `ids`, and its values.
@@ -347,27 +428,58 @@ fn profile_with(row: &profiles::Model, held: &[identifiers::Model]) -> Result<pb
     Ok(profile)
 }
 
-/// ResolveIdentity's work in `tx`. Its first statement reads the holders
-/// and the idempotency key, with the deferred statements of the writes
-/// before it in its batch; what it writes and nothing in it reads back is
-/// deferred to the end of the write (`WriteTxn::defer`), its key and
-/// response included (`idempotency::record_later`): on SQLite one round
-/// trip, or none of its own when the next write begins with a read.
-async fn resolve_in(
-    tx: &mut WriteTxn,
-    matcher: Matcher,
-    cmd: Arc<ResolveCommand>,
-) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
-    const SCOPE: &str = "ResolveIdentity";
-    let key = (!cmd.request_id.is_empty()).then_some((SCOPE, cmd.request_id.as_str()));
+/// What ResolveIdentity's reads are scoped under.
+const RESOLVE_SCOPE: &str = "ResolveIdentity";
+
+/// What a resolve reads, and what it decides on it, before it writes.
+#[derive(Clone, Default)]
+struct Gathered {
+    /// Every identifier of the profiles it may settle on (see [`Holdings`]).
+    holders: Vec<identifiers::Model>,
+    rows: std::collections::HashMap<String, (profiles::Model, bool)>,
+    states: std::collections::HashMap<String, matcher::MatchState>,
+    /// The stored idempotency key's request fingerprint and response.
+    stored: Option<(i64, Option<Vec<u8>>)>,
+    /// The touchpoint's identifiers held already, with their holder.
+    matches: Vec<(Normalized, String)>,
+    touch_record: matching::Record,
+    chosen: Option<Target>,
+    review: Option<(String, MatchExplanation)>,
+    near_miss: Option<MatchExplanation>,
+    /// The tokens of everything read (see `crm_runtime::changes`).
+    read: Vec<u64>,
+}
+
+/// The token of an identifier (see `crm_runtime::changes`): changed by a
+/// write that gives it a holder, takes it away or marks it seen.
+fn identifier_token(n: &Normalized) -> u64 {
+    crm_runtime::changes::token(&["identification.identifier", &(n.kind as i32).to_string(), &n.namespace, &n.value])
+}
+
+/// The token of a profile: its row, its identifiers, what matching keeps
+/// of it.
+fn profile_token(id: &str) -> u64 {
+    crm_runtime::changes::token(&["identification.profile", id])
+}
+
+/// The token of ResolveIdentity's idempotency key `request_id`.
+fn request_token(request_id: &str) -> u64 {
+    crm_runtime::changes::token(&["identification.request", request_id])
+}
+
+/// Read what a resolve decides on through `reader`, and decide: the
+/// holders of its identifiers and its idempotency key; unless an
+/// identifier settles it, the candidates sharing a blocking key, scored.
+async fn gather(reader: &mut Reader<'_>, matcher: &Matcher, cmd: &ResolveCommand) -> Result<Gathered, RuntimeError> {
+    let key = (!cmd.request_id.is_empty()).then_some((RESOLVE_SCOPE, cmd.request_id.as_str()));
     let Holdings { identifiers: mut holders, mut rows, mut states, key: stored } =
-        holdings_of_identifiers(tx, &cmd.identifiers, key).await?;
-    if let Some((fingerprint, response)) = stored {
-        return idempotency::seen(cmd.fingerprint, fingerprint, response);
+        holdings_of_identifiers(reader, &cmd.identifiers, key).await?;
+    let mut read: Vec<u64> = cmd.identifiers.iter().map(identifier_token).collect();
+    read.extend(key.map(|(_, request_id)| request_token(request_id)));
+    if stored.is_some() {
+        return Ok(Gathered { stored, read, ..Default::default() });
     }
-    let at = now();
-    let at_us = at.timestamp_micros();
-    let backend = tx.get_database_backend();
+    read.extend(holders.iter().map(|h| profile_token(&h.profile_id)));
 
     let matches: Vec<(Normalized, String)> = cmd
         .identifiers
@@ -375,16 +487,11 @@ async fn resolve_in(
         .filter_map(|n| holders.iter().find(|o| same_identifier(o, n)).map(|o| (n.clone(), o.profile_id.clone())))
         .collect();
     let unowned: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| !matches.iter().any(|(m, _)| m == *n)).collect();
+
     let held_by = |holders: &[identifiers::Model], id: &str| -> Vec<Normalized> {
         holders.iter().filter(|r| r.profile_id == id).map(normalized_of_row).collect()
     };
 
-    // The strongest identifier decides, unless the touchpoint carries a
-    // single-valued identifier (a customer number) that contradicts the
-    // profile's, or the profile was found by a shareable identifier (email,
-    // phone) and the person clearly differs (a household member): then it
-    // is another person. A contradicting customer number rules the profile
-    // out; a household member is left to the weight of all the evidence.
     let touch_record = matcher::record_of_touchpoint(&cmd.attributes, &cmd.identifiers);
     let mut excluded: Vec<String> = Vec::new();
     let mut household: Vec<String> = Vec::new();
@@ -435,11 +542,14 @@ async fn resolve_in(
     if chosen.is_none() {
         let record = &touch_record;
         if matcher::matchable(record) {
-            let (_, model) = matcher.active(&**tx).await?;
+            let model = reader.model(matcher).await?;
             let mut best: Option<(String, matching::Scored)> = None;
             // Each candidate is compared by every record kept for it; its
             // best agreement counts.
-            for candidate in matcher::candidates(&**tx, record).await? {
+            let candidates = reader.candidates(record).await?;
+            read.extend(matcher::candidate_key_tokens(record));
+            read.extend(candidates.iter().map(|c| profile_token(&c.profile_id)));
+            for candidate in candidates {
                 if excluded.contains(&candidate.profile_id) {
                     continue;
                 }
@@ -457,7 +567,7 @@ async fn resolve_in(
                 let explanation = matcher::explain(&scored);
                 match model.decide(&scored) {
                     matching::Decision::Link => {
-                        let theirs = holdings(tx, PROFILE_HOLDER, vec![candidate.clone().into()], None).await?;
+                        let theirs = holdings(reader, PROFILE_HOLDER, vec![candidate.clone().into()], None).await?;
                         holders.retain(|h| h.profile_id != candidate);
                         holders.extend(theirs.identifiers);
                         let held = held_by(&holders, &candidate);
@@ -479,6 +589,46 @@ async fn resolve_in(
             }
         }
     }
+    read.sort_unstable();
+    read.dedup();
+    Ok(Gathered { holders, rows, states, stored: None, matches, touch_record, chosen, review, near_miss, read })
+}
+
+/// ResolveIdentity's work in `tx`, on what `ahead` read and decided from
+/// its mark, unless something it read has changed since (or nothing was
+/// read ahead): then it reads and decides here, its first statement reading the holders and the
+/// idempotency key with the deferred statements of the writes before it
+/// in its batch. What it writes and nothing in it reads back is deferred
+/// to the end of the write (`WriteTxn::defer`), its key and response
+/// included (`idempotency::record_later`): on SQLite one round trip with
+/// the batch's others. It declares what it changes
+/// (`WriteTxn::touches`), for the resolves reading beside it.
+async fn resolve_in(
+    tx: &mut WriteTxn,
+    matcher: Matcher,
+    cmd: Arc<ResolveCommand>,
+    ahead: Option<Arc<(WriteMark, Gathered)>>,
+) -> Result<pb::ResolveIdentityResponse, RuntimeError> {
+    let gathered = match ahead.as_deref() {
+        Some((mark, gathered)) if !tx.changed_since(*mark, &gathered.read) => gathered.clone(),
+        _ => gather(&mut Reader::Write(tx), &matcher, &cmd).await?,
+    };
+    let Gathered { holders, mut rows, mut states, stored, matches, touch_record, chosen, review, near_miss, .. } =
+        gathered;
+    if let Some((fingerprint, response)) = stored {
+        return idempotency::seen(cmd.fingerprint, fingerprint, response);
+    }
+    let at = now();
+    let at_us = at.timestamp_micros();
+    let backend = tx.get_database_backend();
+    let unowned: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| !matches.iter().any(|(m, _)| m == *n)).collect();
+    let held_by = |holders: &[identifiers::Model], id: &str| -> Vec<Normalized> {
+        holders.iter().filter(|r| r.profile_id == id).map(normalized_of_row).collect()
+    };
+    // What it changes: its key, its identifiers (given a holder or seen),
+    // then its profile and the blocking keys it adds or takes away.
+    let mut touched: Vec<u64> = cmd.identifiers.iter().map(identifier_token).collect();
+    touched.extend((!cmd.request_id.is_empty()).then(|| request_token(&cmd.request_id)));
 
     // From here on the write only queues statements (but for a stitch,
     // which runs its own), each changing rows none of the others changes.
@@ -532,9 +682,10 @@ async fn resolve_in(
                 .await?;
             let mut state = matcher::MatchState::default();
             let (_, remembered) = matcher::remember_in(backend, &mut state, &profile.id, &touch_record, at_us);
-            for s in remembered.into_iter().chain(matcher::index_in(backend, &profile, &state)) {
-                tx.defer(s);
-            }
+            let (indexed, keys) = matcher::index_in(backend, &profile, &state);
+            tx.defer_all(remembered.into_iter().chain(indexed));
+            touched.push(profile_token(&profile.id));
+            touched.extend(keys.iter().map(|k| matcher::key_token(k)));
             // Why it was not linked: the closest candidate's weights, if any.
             let why = review.as_ref().map(|(_, e)| e.clone()).or(near_miss).unwrap_or_default();
             let explanation = MatchExplanation { method: MatchMethod::Created as i32, ..why };
@@ -664,12 +815,18 @@ async fn resolve_in(
                     tx.defer(s);
                 }
                 if sequence > 0 || told {
-                    for s in matcher::index_in(backend, &full, &state) {
-                        tx.defer(s);
-                    }
+                    let (indexed, keys) = matcher::index_in(backend, &full, &state);
+                    tx.defer_all(indexed);
+                    touched.extend(keys.iter().map(|k| matcher::key_token(k)));
                 }
+                touched.push(profile_token(&profile_id));
                 full
             } else {
+                // A merge: it runs statements of its own, after those the
+                // writes before it in the batch deferred, and may change
+                // anything.
+                tx.touches_everything();
+                tx.flush_deferred().await?;
                 for w in writes {
                     tx.execute_raw(w).await?;
                 }
@@ -705,12 +862,14 @@ async fn resolve_in(
     let subject = response.profile.as_ref().map(|p| p.id.clone()).unwrap_or_default();
     let decision = decision_statement(tx, &subject, response.sequence, response.explanation.as_ref());
     tx.defer(decision);
-    idempotency::record_later(tx, SCOPE, &cmd.request_id, cmd.fingerprint, &subject, &response);
+    idempotency::record_later(tx, RESOLVE_SCOPE, &cmd.request_id, cmd.fingerprint, &subject, &response);
     tx.combine_deferred_since(mark);
+    tx.touches(touched);
     Ok(response)
 }
 
 /// The profile a resolve settled on, and why.
+#[derive(Clone)]
 struct Target {
     profile_id: String,
     held: Vec<Normalized>,

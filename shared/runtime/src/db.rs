@@ -38,7 +38,12 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use crate::{eventlog, feed::FeedEvent, group::GroupCommit};
+use crate::{
+    changes::{Changes, Touched, WriteMark},
+    eventlog,
+    feed::FeedEvent,
+    group::GroupCommit,
+};
 
 /// How a SQLite store's WAL is checkpointed.
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +106,8 @@ pub(crate) struct Writer {
     dedicated: bool,
     /// The highest event-log sequence known committed by this process.
     pub(crate) committed: Arc<watch::Sender<i64>>,
+    /// What this process's writes changed (see `crate::changes`).
+    pub(crate) changes: Arc<Changes>,
 }
 
 impl Writer {
@@ -127,6 +134,9 @@ impl Writer {
             flushes: 0,
             looked: None,
             recorded: HashSet::new(),
+            changes: self.changes.clone(),
+            touched: Touched::default(),
+            numbered: false,
         })
     }
 
@@ -172,8 +182,13 @@ impl Store {
                 opts.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(POSTGRES_STATEMENT_CACHE));
             }
             let db = Database::connect(opts).await?;
-            let writer =
-                Writer { conn: db.clone(), lock: None, dedicated: false, committed: Arc::new(watch::channel(0).0) };
+            let writer = Writer {
+                conn: db.clone(),
+                lock: None,
+                dedicated: false,
+                committed: Arc::new(watch::channel(0).0),
+                changes: Arc::default(),
+            };
             return Ok(Store { db, writer, group: Arc::default() });
         }
         let file = sqlite_file(url);
@@ -195,8 +210,13 @@ impl Store {
         } else {
             db.clone()
         };
-        let writer =
-            Writer { conn, lock: Some(Arc::new(Mutex::new(()))), dedicated, committed: Arc::new(watch::channel(0).0) };
+        let writer = Writer {
+            conn,
+            lock: Some(Arc::new(Mutex::new(()))),
+            dedicated,
+            committed: Arc::new(watch::channel(0).0),
+            changes: Arc::default(),
+        };
         if let (Some(file), Some(lock)) = (file, &writer.lock) {
             let (committed, writers) = (Arc::downgrade(&writer.committed), Arc::downgrade(lock));
             let conns = (db.clone(), writer.conn.clone());
@@ -242,6 +262,13 @@ impl Store {
             }
             _ => self.db.begin().await,
         }
+    }
+
+    /// Where a read made outside a write begins, for the write that will
+    /// use it to ask `WriteTxn::changed_since` (see `crate::changes`):
+    /// take it before the read's first statement.
+    pub fn settled(&self) -> WriteMark {
+        self.writer.changes.settled()
     }
 
     /// Follow the highest committed event-log sequence (for feed tails).
@@ -666,6 +693,13 @@ pub struct WriteTxn {
     /// The idempotency keys stored by the writes so far, for the lookups
     /// read ahead of them (see `Lookup::with_idempotency_key`).
     recorded: HashSet<(String, String)>,
+    /// What this process's writes changed (see `crate::changes`).
+    changes: Arc<Changes>,
+    /// What the write running declared it changes (see `touches`).
+    touched: Touched,
+    /// Whether the group commit numbers and records the writes run in
+    /// this transaction; otherwise its commit records it.
+    numbered: bool,
 }
 
 impl WriteTxn {
@@ -682,6 +716,9 @@ impl WriteTxn {
             flushes: 0,
             looked: None,
             recorded: HashSet::new(),
+            changes: self.changes.clone(),
+            touched: Touched::default(),
+            numbered: true,
         })
     }
 
@@ -691,6 +728,44 @@ impl WriteTxn {
         let batch = self.batch.unwrap_or_default();
         self.tx.commit().await?;
         Ok(batch)
+    }
+
+    /// Declare that this write changes what `tokens` name (see
+    /// `crate::changes::token`), and, unless it declares more, nothing
+    /// else that a read outside it could depend on. A write that declares
+    /// nothing changes everything.
+    pub fn touches(&mut self, tokens: impl IntoIterator<Item = u64>) {
+        self.touched.add(tokens);
+    }
+
+    /// Declare that this write may change anything, whatever it declared
+    /// before (it did more than its tokens tell).
+    pub fn touches_everything(&mut self) {
+        self.touched = Touched::Everything;
+    }
+
+    /// Whether a write begun after `mark` (see `Store::settled`) changed
+    /// anything `tokens` name, as far as this process knows: if so, a read
+    /// made from `mark` must be made again, inside this write. The writes
+    /// before this one in its batch count.
+    pub fn changed_since(&self, mark: WriteMark, tokens: &[u64]) -> bool {
+        self.changes.changed_since(mark, tokens)
+    }
+
+    /// Take what the write that ran declared, for the next one.
+    pub(crate) fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// The record of what writes changed.
+    pub(crate) fn changes(&self) -> &Arc<Changes> {
+        &self.changes
+    }
+
+    /// Have the group commit number and record the writes of this
+    /// transaction (see `numbered`).
+    pub(crate) fn set_numbered(&mut self) {
+        self.numbered = true;
     }
 
     /// Run `stmt` when this write ends, with the write's other deferred
@@ -962,8 +1037,13 @@ impl WriteTxn {
     /// Run the deferred statements, commit, then wake the feed's tails.
     pub async fn commit(mut self) -> Result<(), DbErr> {
         self.flush_deferred().await?;
-        let WriteTxn { tx, _guard, appended, committed, .. } = self;
+        let WriteTxn { tx, _guard, appended, committed, changes, touched, numbered, .. } = self;
         tx.commit().await?;
+        // Recorded before the next writer may begin (on SQLite it waits
+        // for the lock held here).
+        if !numbered {
+            changes.ended(touched);
+        }
         drop(_guard);
         if let Some(seq) = appended {
             committed.send_if_modified(|c| bump(c, seq));

@@ -80,6 +80,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::{
+    changes::Changes,
     db::{Lookup, Store, WriteTxn, Writer},
     error::RuntimeError,
 };
@@ -357,8 +358,11 @@ async fn run_alone(writer: &Writer, mut job: Box<dyn Job>) -> bool {
         }
     };
     tx.set_lookup(job.lookup(), None);
-    let outcome = job.run(&mut tx).await;
+    tx.set_numbered();
+    let mut numbered = Numbered::new(tx.changes().clone());
+    let outcome = numbered.run(&mut job, &mut tx).await;
     let ended = if outcome == Outcome::Done { tx.commit().await } else { tx.rollback().await };
+    drop(numbered);
     let committed = match (outcome, ended) {
         (Outcome::Done, Ok(())) => true,
         (Outcome::Done, Err(e)) => {
@@ -388,6 +392,8 @@ enum Abandoned {
 /// Returns which writes lost a conflict (rolled back, to be run alone).
 async fn commit_together(writer: &Writer, jobs: &mut [Box<dyn Job>], savepoints: bool) -> Result<Vec<bool>, Abandoned> {
     let mut tx = writer.begin_batch().await?;
+    tx.set_numbered();
+    let mut numbered = Numbered::new(tx.changes().clone());
     let mut conflicts = vec![false; jobs.len()];
     // Lookups read ahead, by write.
     let mut ahead: Vec<Option<Option<QueryResult>>> = jobs.iter().map(|_| None).collect();
@@ -418,7 +424,9 @@ async fn commit_together(writer: &Writer, jobs: &mut [Box<dyn Job>], savepoints:
             // read-first write's first read, else on their own before it.
             // Whichever write a failure shows in, the batch runs again with
             // savepoints, where each write runs its own.
-            if (!job.read_first() && tx.flush_deferred().await.is_err()) || job.run(&mut tx).await != Outcome::Done {
+            if (!job.read_first() && tx.flush_deferred().await.is_err())
+                || numbered.run(job, &mut tx).await != Outcome::Done
+            {
                 tx.rollback().await?;
                 return Err(Abandoned::WriteFailed);
             }
@@ -427,7 +435,7 @@ async fn commit_together(writer: &Writer, jobs: &mut [Box<dyn Job>], savepoints:
         let (job, conflict) = (&mut jobs[i], &mut conflicts[i]);
         let mut savepoint = tx.savepoint().await?;
         savepoint.set_lookup(job.lookup(), None);
-        let mut outcome = job.run(&mut savepoint).await;
+        let mut outcome = numbered.run(job, &mut savepoint).await;
         if outcome == Outcome::Done
             && let Err(e) = savepoint.flush_deferred().await
         {
@@ -450,7 +458,39 @@ async fn commit_together(writer: &Writer, jobs: &mut [Box<dyn Job>], savepoints:
         }
     }
     tx.commit_batch().await?;
+    drop(numbered);
     Ok(conflicts)
+}
+
+/// The numbers of the writes run in one transaction (see
+/// `crate::changes`): each run is numbered and what it declared recorded;
+/// they end when this is dropped, once the transaction has committed or
+/// rolled back.
+struct Numbered {
+    changes: std::sync::Arc<Changes>,
+    runs: Vec<u64>,
+}
+
+impl Numbered {
+    fn new(changes: std::sync::Arc<Changes>) -> Self {
+        Numbered { changes, runs: Vec::new() }
+    }
+
+    /// Run `job` in `tx` as a numbered write.
+    async fn run(&mut self, job: &mut Box<dyn Job>, tx: &mut WriteTxn) -> Outcome {
+        let n = self.changes.begin();
+        self.runs.push(n);
+        tx.take_touched();
+        let outcome = job.run(tx).await;
+        self.changes.record(n, tx.take_touched());
+        outcome
+    }
+}
+
+impl Drop for Numbered {
+    fn drop(&mut self) {
+        self.changes.end(&self.runs);
+    }
 }
 
 #[cfg(test)]
@@ -754,6 +794,73 @@ mod tests {
         let retry = batch(&store, &[("r-b", "b", Mode::Ok), ("r-d", "d", Mode::Ok)], style).await;
         assert_eq!((sequence(&retry[0]), sequence(&retry[1])), (3, 4));
         assert_eq!(eventlog::head(store.conn()).await.expect("head"), 4);
+    }
+
+    #[tokio::test]
+    async fn writes_tell_a_read_made_beside_them_what_they_changed() {
+        use crate::changes::token;
+        let db = TestDb::new("runtime").await;
+        let store = store(&db).await;
+        let (a, b) = (token(&["fact", "a"]), token(&["fact", "b"]));
+        // What a write sees of the writes since `mark`, for tokens a and b.
+        let seen = |mark| {
+            store.group_commit(move |tx| {
+                Box::pin(async move { Ok((tx.changed_since(mark, &[a]), tx.changed_since(mark, &[b]))) })
+            })
+        };
+        let mark = store.settled();
+        store
+            .group_commit(move |tx| {
+                Box::pin(async move {
+                    tx.touches([a]);
+                    Ok(())
+                })
+            })
+            .await
+            .expect("declares a");
+        assert_eq!(seen(mark).await.expect("seen"), (true, false), "a changed, b did not");
+        let after = store.settled();
+        assert_eq!(seen(after).await.expect("seen"), (false, false), "nothing since");
+
+        // In one batch, a write sees what the writes before it declared.
+        let mark = store.settled();
+        let writes = (0..3).map(|i| {
+            store.group_commit(move |tx| {
+                Box::pin(async move {
+                    let before = tx.changed_since(mark, &[a]);
+                    if i == 0 {
+                        tx.touches([a]);
+                    } else {
+                        tx.touches([]);
+                    }
+                    Ok(before)
+                })
+            })
+        });
+        let seen_in_batch: Vec<bool> = futures::future::try_join_all(writes).await.expect("batch");
+        assert_eq!(seen_in_batch, [false, true, true]);
+
+        // A write that declares nothing changed everything: a group-committed
+        // one, and one in a transaction of its own.
+        let mark = store.settled();
+        store.group_commit(|_tx| Box::pin(async { Ok(()) })).await.expect("undeclared");
+        assert_eq!(seen(mark).await.expect("seen"), (true, true));
+        let mark = store.settled();
+        store.begin_write().await.expect("begin").commit().await.expect("commit");
+        assert_eq!(seen(mark).await.expect("seen"), (true, true));
+        // One that declared everything, whatever else it declared.
+        let mark = store.settled();
+        store
+            .group_commit(move |tx| {
+                Box::pin(async move {
+                    tx.touches_everything();
+                    tx.touches([a]);
+                    Ok(())
+                })
+            })
+            .await
+            .expect("everything");
+        assert_eq!(seen(mark).await.expect("seen"), (true, true));
     }
 
     #[tokio::test]

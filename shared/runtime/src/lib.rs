@@ -6,6 +6,7 @@
 //! tokens, idempotency keys, and the mapping of errors to `google.rpc.Status`.
 #![forbid(unsafe_code)]
 
+pub mod changes;
 pub mod client;
 pub mod config;
 pub mod consistency;
