@@ -177,8 +177,9 @@ pub async fn get_profile(store: &Store, id: &str) -> Result<pb::Profile, Runtime
 /// Resolve a touchpoint's identifiers to one profile (ID-3, deterministic):
 /// an identifier already held names the profile; otherwise a prospect is
 /// created. It reads the identifiers' holders with its idempotency key,
-/// then the candidates, and decides on a pool connection, beside the
-/// store's writer; then one group-committed write (see
+/// then the candidates, and decides — while other writes wait for the
+/// store's writer, on a pool connection beside it; then one
+/// group-committed write (see
 /// `Store::group_commit_read_first`) writes what it decided — unless a
 /// write begun since its read changed anything it read (`crm_runtime::
 /// changes`): then it reads and decides again inside the write, so it sees
@@ -218,9 +219,10 @@ async fn resolve_with(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // Read and decide on a pool connection, beside the writer; the write
-        // reads again only if something it read changed meanwhile.
-        let ahead = if read_ahead {
+        // Read and decide on a pool connection, beside the writer, when
+        // writes wait for it; the write reads again only if something it
+        // read changed meanwhile. An idle writer reads fastest itself.
+        let ahead = if read_ahead && store.writes_waiting() > 0 {
             let mark = store.settled();
             let gathered = gather(&mut Reader::Pool(store.conn()), matcher, &cmd).await?;
             if let Some((fingerprint, response)) = gathered.stored {
