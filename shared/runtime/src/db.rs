@@ -7,6 +7,8 @@
 //! not invalidated by commits on seven other connections. WAL checkpoints
 //! run in the background, so a committing writer does not pay for them;
 //! the automatic checkpoint stays as a safety net at a higher threshold.
+//! On PostgreSQL, the group commit's batches go through one connection of
+//! their own, and other writes through the pool.
 //!
 //! Under a steady stream of writes a background checkpoint never catches
 //! up with the WAL (the writer appends while it copies), and SQLite starts
@@ -89,6 +91,11 @@ const MMAP_BYTES: u64 = 0x7fff_0000;
 pub struct Store {
     db: DatabaseConnection,
     pub(crate) writer: Writer,
+    /// On PostgreSQL, a pool of one connection for the group commit's
+    /// batches: they do not wait for a connection behind the reads of the
+    /// pool, and the statements they prepare stay prepared on it. `None`
+    /// on SQLite, where `writer` is one connection already.
+    group_conn: Option<DatabaseConnection>,
     /// The group-commit queue, started by its first write.
     pub(crate) group: Arc<OnceLock<GroupCommit>>,
 }
@@ -181,7 +188,12 @@ impl Store {
             if !url.contains("statement-cache-capacity") {
                 opts.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(POSTGRES_STATEMENT_CACHE));
             }
+            let mut group_opts = opts.clone();
+            // Taken for every batch: a ping each time would be one more
+            // round trip.
+            group_opts.max_connections(1).test_before_acquire(false);
             let db = Database::connect(opts).await?;
+            let group_conn = Some(Database::connect(group_opts).await?);
             let writer = Writer {
                 conn: db.clone(),
                 lock: None,
@@ -189,7 +201,7 @@ impl Store {
                 committed: Arc::new(watch::channel(0).0),
                 changes: Arc::default(),
             };
-            return Ok(Store { db, writer, group: Arc::default() });
+            return Ok(Store { db, writer, group_conn, group: Arc::default() });
         }
         let file = sqlite_file(url);
         if let Some(dir) = file.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
@@ -222,7 +234,7 @@ impl Store {
             let conns = (db.clone(), writer.conn.clone());
             tokio::spawn(checkpoints(conns, file.to_owned(), checkpointing, committed, writers));
         }
-        Ok(Store { db, writer, group: Arc::default() })
+        Ok(Store { db, writer, group_conn: None, group: Arc::default() })
     }
 
     /// Run the migrations of `M` (the runtime's tables come first in each
@@ -238,6 +250,14 @@ impl Store {
     /// The connection pool, for reads.
     pub fn conn(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The writer of the group commit's batches (see `group_conn`).
+    pub(crate) fn group_writer(&self) -> Writer {
+        match &self.group_conn {
+            Some(conn) => Writer { conn: conn.clone(), ..self.writer.clone() },
+            None => self.writer.clone(),
+        }
     }
 
     /// Which database this is.
@@ -291,6 +311,9 @@ impl Store {
     pub async fn close(self) -> Result<(), DbErr> {
         if let Some(group) = self.group.get() {
             group.close().await;
+        }
+        if let Some(conn) = self.group_conn {
+            conn.close().await?;
         }
         if self.writer.dedicated {
             self.writer.conn.clone().close().await?;

@@ -174,7 +174,7 @@ impl Store {
     }
 
     async fn queue_write<T: Send + 'static>(&self, write: Write<T>, read: Read) -> Result<T, RuntimeError> {
-        let group = self.group.get_or_init(|| GroupCommit::start(self.writer.clone()));
+        let group = self.group.get_or_init(|| GroupCommit::start(self.group_writer()));
         if group.closed.load(Ordering::SeqCst) {
             return Err(RuntimeError::Unavailable("the store is closing".into()));
         }
