@@ -408,12 +408,6 @@ pub(crate) fn key_token(key: &str) -> u64 {
     crm_runtime::changes::token(&["identification.key", key])
 }
 
-/// The tokens a candidates read for `record` depends on, besides its
-/// candidates' profiles: its blocking keys.
-pub(crate) fn candidate_key_tokens(record: &Record) -> impl Iterator<Item = u64> {
-    matching::blocking_keys(record).into_iter().map(|k| key_token(&k))
-}
-
 /// Forget everything matching keeps of a profile (erased).
 pub async fn unindex_profile<C: ConnectionTrait>(c: &C, profile_id: &str) -> Result<(), DbErr> {
     for sql in ["DELETE FROM blocking_keys WHERE profile_id = ?", "DELETE FROM profile_records WHERE profile_id = ?"] {
@@ -440,12 +434,19 @@ pub struct Candidate {
 /// whatever the planner knows of the table), and the records kept for the
 /// profiles of those that are not, with whether each profile is live.
 pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Vec<Candidate>, DbErr> {
+    candidates_by_keys(c, &matching::blocking_keys(record).into_iter().collect()).await
+}
+
+/// [`candidates`] for a touchpoint whose blocking keys are `keys`.
+pub(crate) async fn candidates_by_keys<C: ConnectionTrait>(
+    c: &C,
+    keys: &BTreeSet<String>,
+) -> Result<Vec<Candidate>, DbErr> {
     use crate::store::status;
-    let keys: BTreeSet<String> = matching::blocking_keys(record).into_iter().collect();
     if keys.is_empty() {
         return Ok(vec![]);
     }
-    let rows = c.query_all_raw(candidates_statement(c.get_database_backend(), &keys)).await?;
+    let rows = c.query_all_raw(candidates_statement(c.get_database_backend(), keys)).await?;
     let mut kept: Vec<(String, Record)> = Vec::with_capacity(rows.len());
     let mut live: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut merged: Vec<String> = Vec::new();

@@ -3,7 +3,7 @@
 //! record (`body`, the encoded `Profile` without identifiers, which live
 //! in their own table under a unique key).
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use crm_proto::identification::v1::{self as pb, MatchExplanation, MatchMethod, ProfileEvent, profile_event::Kind};
 use crm_runtime::{
@@ -277,11 +277,11 @@ impl Reader<'_> {
         Ok(model)
     }
 
-    /// The candidates sharing a blocking key with `record`.
-    async fn candidates(&self, record: &matching::Record) -> Result<Vec<matcher::Candidate>, DbErr> {
+    /// The candidates sharing one of the blocking keys `keys`.
+    async fn candidates(&self, keys: &BTreeSet<String>) -> Result<Vec<matcher::Candidate>, DbErr> {
         match self {
-            Reader::Write(tx) => matcher::candidates(&***tx, record).await,
-            Reader::Pool(c) => matcher::candidates(*c, record).await,
+            Reader::Write(tx) => matcher::candidates_by_keys(&***tx, keys).await,
+            Reader::Pool(c) => matcher::candidates_by_keys(*c, keys).await,
         }
     }
 }
@@ -414,6 +414,16 @@ fn holders_of_identifiers(ids: &[Normalized]) -> (String, Vec<sea_orm::Value>) {
 /// SQL selecting the profile `?` (see [`holdings`]).
 const PROFILE_HOLDER: &str = "SELECT id AS profile_id FROM profiles WHERE id = ?";
 
+/// The identifiers of `holders` that profile `id` holds.
+fn held_by(holders: &[identifiers::Model], id: &str) -> Vec<Normalized> {
+    holders.iter().filter(|r| r.profile_id == id).map(normalized_of_row).collect()
+}
+
+/// The touchpoint's identifiers that nobody holds (not among `matches`).
+fn unowned<'a>(cmd: &'a ResolveCommand, matches: &[(Normalized, String)]) -> Vec<&'a Normalized> {
+    cmd.identifiers.iter().filter(|n| !matches.iter().any(|(m, _)| m == *n)).collect()
+}
+
 fn normalized_of_row(r: &identifiers::Model) -> Normalized {
     Normalized { kind: domain::identifier_type(r.kind), namespace: r.namespace.clone(), value: r.value.clone() }
 }
@@ -488,12 +498,14 @@ async fn gather(reader: &mut Reader<'_>, matcher: &Matcher, cmd: &ResolveCommand
         .iter()
         .filter_map(|n| holders.iter().find(|o| same_identifier(o, n)).map(|o| (n.clone(), o.profile_id.clone())))
         .collect();
-    let unowned: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| !matches.iter().any(|(m, _)| m == *n)).collect();
+    let unowned = unowned(cmd, &matches);
 
-    let held_by = |holders: &[identifiers::Model], id: &str| -> Vec<Normalized> {
-        holders.iter().filter(|r| r.profile_id == id).map(normalized_of_row).collect()
-    };
-
+    // The strongest identifier decides, unless the touchpoint carries a
+    // single-valued identifier (a customer number) that contradicts the
+    // profile's, or the profile was found by a shareable identifier (email,
+    // phone) and the person clearly differs (a household member): then it
+    // is another person. A contradicting customer number rules the profile
+    // out; a household member is left to the weight of all the evidence.
     let touch_record = matcher::record_of_touchpoint(&cmd.attributes, &cmd.identifiers);
     let mut excluded: Vec<String> = Vec::new();
     let mut household: Vec<String> = Vec::new();
@@ -548,8 +560,9 @@ async fn gather(reader: &mut Reader<'_>, matcher: &Matcher, cmd: &ResolveCommand
             let mut best: Option<(String, matching::Scored)> = None;
             // Each candidate is compared by every record kept for it; its
             // best agreement counts.
-            let candidates = reader.candidates(record).await?;
-            read.extend(matcher::candidate_key_tokens(record));
+            let keys: BTreeSet<String> = matching::blocking_keys(record).into_iter().collect();
+            let candidates = reader.candidates(&keys).await?;
+            read.extend(keys.iter().map(|k| matcher::key_token(k)));
             read.extend(candidates.iter().map(|c| profile_token(&c.profile_id)));
             for candidate in candidates {
                 if excluded.contains(&candidate.profile_id) {
@@ -598,9 +611,9 @@ async fn gather(reader: &mut Reader<'_>, matcher: &Matcher, cmd: &ResolveCommand
 
 /// ResolveIdentity's work in `tx`, on what `ahead` read and decided from
 /// its mark, unless something it read has changed since (or nothing was
-/// read ahead): then it reads and decides here, its first statement reading the holders and the
-/// idempotency key with the deferred statements of the writes before it
-/// in its batch. What it writes and nothing in it reads back is deferred
+/// read ahead): then it reads and decides here, its first statement
+/// reading the holders and the idempotency key with the deferred
+/// statements of the writes before it in its batch. What it writes and nothing in it reads back is deferred
 /// to the end of the write (`WriteTxn::defer`), its key and response
 /// included (`idempotency::record_later`): on SQLite one round trip with
 /// the batch's others. It declares what it changes
@@ -623,10 +636,7 @@ async fn resolve_in(
     let at = now();
     let at_us = at.timestamp_micros();
     let backend = tx.get_database_backend();
-    let unowned: Vec<&Normalized> = cmd.identifiers.iter().filter(|n| !matches.iter().any(|(m, _)| m == *n)).collect();
-    let held_by = |holders: &[identifiers::Model], id: &str| -> Vec<Normalized> {
-        holders.iter().filter(|r| r.profile_id == id).map(normalized_of_row).collect()
-    };
+    let unowned = unowned(&cmd, &matches);
     // What it changes: its key, its identifiers (given a holder or seen),
     // then its profile and the blocking keys it adds or takes away.
     let mut touched: Vec<u64> = cmd.identifiers.iter().map(identifier_token).collect();

@@ -110,25 +110,14 @@ impl Changes {
     /// [`end`](Self::end).
     pub(crate) fn begin(&self) -> u64 {
         let mut log = self.log();
-        log.last += 1;
-        let n = log.last;
+        let n = log.next();
         log.open.insert(n);
         n
     }
 
     /// Record what write `n` changed.
     pub(crate) fn record(&self, n: u64, touched: Touched) {
-        let mut log = self.log();
-        match touched {
-            Touched::Undeclared | Touched::Everything => log.everything = log.everything.max(n),
-            Touched::Only(tokens) => {
-                for t in tokens {
-                    let at = log.tokens.entry(t).or_default();
-                    *at = (*at).max(n);
-                }
-                log.prune();
-            }
-        }
+        self.log().record(n, touched);
     }
 
     /// Writes `ns` ended (committed or rolled back).
@@ -142,9 +131,9 @@ impl Changes {
     /// A write that ended already (committed outside the group commit)
     /// changed `touched`.
     pub(crate) fn ended(&self, touched: Touched) {
-        let n = self.begin();
-        self.record(n, touched);
-        self.end(&[n]);
+        let mut log = self.log();
+        let n = log.next();
+        log.record(n, touched);
     }
 
     /// Whether a write numbered after `mark` changed anything `tokens` name.
@@ -157,6 +146,25 @@ impl Changes {
 }
 
 impl Log {
+    /// Hand out the next number.
+    fn next(&mut self) -> u64 {
+        self.last += 1;
+        self.last
+    }
+
+    fn record(&mut self, n: u64, touched: Touched) {
+        match touched {
+            Touched::Undeclared | Touched::Everything => self.everything = self.everything.max(n),
+            Touched::Only(tokens) => {
+                for t in tokens {
+                    let at = self.tokens.entry(t).or_default();
+                    *at = (*at).max(n);
+                }
+                self.prune();
+            }
+        }
+    }
+
     /// Forget the tokens of all but the last `KEPT_WRITES` writes once
     /// there are many.
     fn prune(&mut self) {
