@@ -82,9 +82,19 @@ const MAX_DEFERRED_VALUES: usize = 8_192;
 const POSTGRES_STATEMENT_CACHE: usize = 1_000;
 /// The SQLite writer's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 32_768;
-/// How much of a SQLite database file each connection reads through a
-/// memory map rather than a read call per page: the most SQLite accepts.
+/// How much of a SQLite database file the writer reads through a memory
+/// map rather than a read call per page: the most SQLite accepts. Readers
+/// read by calls: SQLite drops a connection's whole map when it finds the
+/// database changed by another connection, which in WAL mode a reader
+/// finds at nearly every read while writes flow, and each page it then
+/// touches costs a fault to map again (about 25 a resolve at a million
+/// people, against 3 without: BENCHMARKS.md, identification).
 const MMAP_BYTES: u64 = 0x7fff_0000;
+/// A PostgreSQL connection idle this long is pinged before it is handed
+/// out (one dropped by the server, a proxy or a firewall is replaced, not
+/// failed on); one in use since is not: a ping on every checkout is one
+/// more round trip for every statement a pool connection runs.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
 
 /// A service's database, shared by its handlers and background tasks.
 #[derive(Clone, Debug)]
@@ -157,6 +167,10 @@ impl Writer {
 
 /// The SQLite options every connection of a store shares.
 fn sqlite_options(opts: &mut ConnectOptions, max_connections: u32, writer: bool, checkpointing: Checkpointing) {
+    // Nothing but this process can drop an embedded database's
+    // connection: a ping before each checkout would only be one more
+    // round trip to the connection's thread.
+    opts.test_before_acquire(false);
     opts.max_connections(max_connections).min_connections(1).map_sqlx_sqlite_opts(move |o| {
         let o = o
             .journal_mode(SqliteJournalMode::Wal)
@@ -167,9 +181,12 @@ fn sqlite_options(opts: &mut ConnectOptions, max_connections: u32, writer: bool,
             // Deleted content is overwritten, not left in free pages:
             // erasure must leave nothing readable in the file.
             .pragma("secure_delete", "on")
-            .pragma("mmap_size", MMAP_BYTES.to_string())
             .pragma("wal_autocheckpoint", checkpointing.autocheckpoint_pages.to_string());
-        if writer { o.pragma("cache_size", format!("-{WRITER_CACHE_KIB}")) } else { o }
+        if writer {
+            o.pragma("cache_size", format!("-{WRITER_CACHE_KIB}")).pragma("mmap_size", MMAP_BYTES.to_string())
+        } else {
+            o
+        }
     });
 }
 
@@ -184,14 +201,12 @@ impl Store {
         opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(5));
         let sqlite = url.starts_with("sqlite:");
         if !sqlite {
-            opts.max_connections(max_connections).min_connections(1);
+            opts.max_connections(max_connections).min_connections(1).test_before_acquire_if_idle_for(PING_AFTER_IDLE);
             if !url.contains("statement-cache-capacity") {
                 opts.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(POSTGRES_STATEMENT_CACHE));
             }
             let mut group_opts = opts.clone();
-            // Taken for every batch: a ping each time would be one more
-            // round trip.
-            group_opts.max_connections(1).test_before_acquire(false);
+            group_opts.max_connections(1);
             let db = Database::connect(opts).await?;
             let group_conn = Some(Database::connect(group_opts).await?);
             let writer = Writer {
@@ -215,9 +230,6 @@ impl Store {
         let dedicated = file.is_some();
         let conn = if dedicated {
             sqlite_options(&mut writer_opts, 1, true, checkpointing);
-            // The writer is taken for every transaction: a ping each time
-            // would be one more round trip to its thread.
-            writer_opts.test_before_acquire(false);
             Database::connect(writer_opts).await?
         } else {
             db.clone()
@@ -1156,6 +1168,23 @@ mod tests {
         let option = Statement::from_string(DatabaseBackend::Sqlite, "SELECT sqlite_compileoption_used('ENABLE_QPSG')");
         let used: i64 = store.conn().query_one_raw(option).await.unwrap().unwrap().try_get_by_index(0).unwrap();
         assert_eq!(used, 1, "SQLite was built without SQLITE_ENABLE_QPSG");
+    }
+
+    /// The writer reads a SQLite file through a memory map; readers do not
+    /// (SQLite drops a reader's whole map at nearly every read while writes
+    /// flow, see `MMAP_BYTES`).
+    #[tokio::test]
+    async fn only_the_sqlite_writer_maps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("map.db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        let mmap_size = || Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA mmap_size");
+        let reader: i64 = store.conn().query_one_raw(mmap_size()).await.unwrap().unwrap().try_get_by_index(0).unwrap();
+        let tx = store.begin_write().await.unwrap();
+        let writer: i64 = tx.query_one_raw(mmap_size()).await.unwrap().unwrap().try_get_by_index(0).unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!((reader, writer), (0, MMAP_BYTES as i64));
+        store.close().await.unwrap();
     }
 
     /// Under writes that never pause, a background checkpoint alone never
