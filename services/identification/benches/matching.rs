@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use criterion::Criterion;
 use crm_identification::domain::matching::{
-    BlockIndex, Record, TrainingOptions, VectorCounts, blocking_keys, candidate_vectors_by_kind, compare,
-    default_model, estimate_u, generate, train_counts, train_sessions,
+    BlockIndex, MAX_CANDIDATES, Record, TrainingOptions, VectorCounts, blocking_keys, candidate_vectors_by_kind,
+    compare, default_model, estimate_u, generate, train_counts, train_sessions,
 };
 
 /// Blocks larger than this are skipped at resolve, as the store does.
@@ -78,8 +78,12 @@ fn resolve_sample(records: &[Record], sample: usize) {
     for (i, r) in records.iter().enumerate().step_by(step) {
         let start = Instant::now();
         let keys = blocking_keys(r);
-        let candidates: Vec<u32> =
-            index.candidates(&keys, RESOLVE_MAX_BLOCK).into_iter().filter(|&c| c as usize != i).collect();
+        // The record itself is indexed too, and shares every key: one more.
+        let candidates: Vec<u32> = index
+            .candidates(&keys, RESOLVE_MAX_BLOCK, MAX_CANDIDATES + 1)
+            .into_iter()
+            .filter(|&c| c as usize != i)
+            .collect();
         let best = candidates
             .iter()
             .map(|&c| model.total_weight(compare(r, &records[c as usize])))

@@ -427,8 +427,10 @@ pub struct Candidate {
 }
 
 /// Live profiles sharing a blocking key with `record`, skipping keys whose
-/// block is larger than `MAX_BLOCK`. Keys of a merged-away profile count
-/// for its survivor; erased profiles have none. One round trip (and one
+/// block is larger than `MAX_BLOCK`; of more, the `matching::MAX_CANDIDATES`
+/// sharing the most keys (the lowest id first among equals). Keys of a
+/// merged-away profile count for its survivor; erased profiles have none.
+/// One round trip (and one
 /// more when a candidate was merged away): the blocks, each read in key
 /// order no further than tells it is too large (an index range scan
 /// whatever the planner knows of the table), and the records kept for the
@@ -487,9 +489,10 @@ pub(crate) async fn candidates_by_keys<C: ConnectionTrait>(
 /// for that many unions). SQLite has no lateral join: one union member per
 /// key, a shape per number of keys, each prepared once.
 fn candidates_statement(backend: sea_orm::DatabaseBackend, keys: &BTreeSet<String>) -> sea_orm::Statement {
-    let (over, max) = (MAX_BLOCK + 1, MAX_BLOCK);
+    let (over, max, most) = (MAX_BLOCK + 1, MAX_BLOCK, matching::MAX_CANDIDATES);
     let rest = format!(
-        "o AS (SELECT DISTINCT profile_id FROM b WHERE key IN (SELECT key FROM b GROUP BY key HAVING COUNT(*) <= {max})) \
+        "o AS (SELECT profile_id FROM b WHERE key IN (SELECT key FROM b GROUP BY key HAVING COUNT(*) <= {max}) \
+         GROUP BY profile_id ORDER BY COUNT(*) DESC, profile_id LIMIT {most}) \
          SELECT r.profile_id, r.record, p.status, p.merged_into FROM profile_records r \
          JOIN profiles p ON p.id = r.profile_id WHERE r.profile_id IN (SELECT profile_id FROM o) \
          ORDER BY r.profile_id, r.fingerprint"

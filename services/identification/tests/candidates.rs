@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crm_identification::{
-    domain::matching::{self, Record},
+    domain::matching::{self, MAX_CANDIDATES, Record},
     matcher::{self, MAX_BLOCK},
     migration::Migrator,
     store::status,
@@ -26,18 +26,25 @@ async fn profile(store: &Store, id: &str, status: i32, into: Option<&str>, recor
             "INSERT INTO profile_records (profile_id, fingerprint, seen_at_us, record) VALUES (?, ?, 0, ?)",
             vec![id.into(), record.fingerprint().into(), record.to_bytes().into()],
         ),
-        store.stmt("INSERT INTO blocking_keys (key, profile_id) VALUES (?, ?)", vec![key.into(), id.into()]),
     ];
     for s in statements {
         c.execute_raw(s).await.expect("insert");
     }
+    self::key(store, id, key).await;
+}
+
+/// File profile `id` under blocking key `key` too.
+async fn key(store: &Store, id: &str, key: &str) {
+    let insert = store.stmt("INSERT INTO blocking_keys (key, profile_id) VALUES (?, ?)", vec![key.into(), id.into()]);
+    store.conn().execute_raw(insert).await.expect("insert");
 }
 
 /// A touchpoint's candidates are the live profiles sharing one of its
 /// blocking keys, each with every record kept for it and for the profiles
 /// merged into it; a key shared by more than `MAX_BLOCK` profiles is too
 /// common to tell anyone apart and is skipped, one shared by exactly
-/// `MAX_BLOCK` is not.
+/// `MAX_BLOCK` is not. Of more than `MAX_CANDIDATES`, those sharing the most
+/// keys are kept, the lowest ids first among equals.
 #[tokio::test]
 async fn candidates_share_a_key_whose_block_is_not_too_large() {
     let db = TestDb::new("identification").await;
@@ -54,12 +61,15 @@ async fn candidates_share_a_key_whose_block_is_not_too_large() {
     };
     let keys = matching::blocking_keys(&touch);
     assert!(keys.len() >= 4, "{keys:?}");
-    let (small, edge, crowd) = (&keys[0], &keys[1], &keys[2]);
+    let (small, edge, crowd, second) = (&keys[0], &keys[1], &keys[2], &keys[3]);
     let other = |i: usize| Record { given_name: format!("name{i}"), ..touch.clone() };
 
+    // `near` and `merged` share two keys, every other candidate one.
     profile(&store, "near", status::ACTIVE, None, &other(0), small).await;
+    key(&store, "near", second).await;
     // Merged into `near`: its record counts for `near`.
     profile(&store, "merged", status::MERGED, Some("near"), &other(1), small).await;
+    key(&store, "merged", second).await;
     profile(&store, "stranger", status::ACTIVE, None, &other(2), "xx:no-key-of-the-touchpoint").await;
     for i in 0..MAX_BLOCK as usize {
         profile(&store, &format!("edge-{i:03}"), status::ACTIVE, None, &other(i), edge).await;
@@ -70,7 +80,10 @@ async fn candidates_share_a_key_whose_block_is_not_too_large() {
 
     let found = matcher::candidates(store.conn(), &touch).await.expect("candidates");
     let ids: Vec<&str> = found.iter().map(|c| c.profile_id.as_str()).collect();
-    let mut expected: Vec<String> = (0..MAX_BLOCK as usize).map(|i| format!("edge-{i:03}")).collect();
+    // `near` and `merged` take two places; the edge block (not skipped)
+    // fills the rest from its lowest ids; the crowd's ids, lower still,
+    // are nowhere (skipped).
+    let mut expected: Vec<String> = (0..MAX_CANDIDATES - 2).map(|i| format!("edge-{i:03}")).collect();
     expected.push("near".into());
     assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
     let near = found.iter().find(|c| c.profile_id == "near").expect("near");

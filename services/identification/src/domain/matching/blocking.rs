@@ -42,6 +42,14 @@ use super::text::{alphanumerics, digits, first_significant_letter, significant_t
 /// does not identify anyone, and would cost a quadratic number of pairs.
 pub const DEFAULT_MAX_BLOCK: usize = 500;
 
+/// The most candidates a resolve scores: those sharing the most blocking
+/// keys with it (the earliest first among equals). A touchpoint with a
+/// common name in a big town finds hundreds; the right one, when it is
+/// there, shares more keys than nearly all of them (at a million generated
+/// people, 64 lose no F1 against all, where reading and scoring them all
+/// sets the concurrency-1 tail: BENCHMARKS.md, identification).
+pub const MAX_CANDIDATES: usize = 64;
+
 /// The blocking keys of a record (see the module documentation), sorted,
 /// without duplicates. A record with nothing usable has no key.
 pub fn blocking_keys(r: &Record) -> Vec<String> {
@@ -159,8 +167,9 @@ impl BlockIndex {
     }
 
     /// Records sharing at least one key, sorted and without duplicates;
-    /// blocks larger than `max_block` are ignored.
-    pub fn candidates(&self, keys: &[String], max_block: usize) -> Vec<u32> {
+    /// blocks larger than `max_block` are ignored. Of more than `most`, the
+    /// `most` sharing the most keys (the earliest first among equals).
+    pub fn candidates(&self, keys: &[String], max_block: usize, most: usize) -> Vec<u32> {
         let mut out: Vec<u32> = keys
             .iter()
             .filter_map(|k| self.blocks.get(&key_hash(k)))
@@ -169,6 +178,12 @@ impl BlockIndex {
             .copied()
             .collect();
         out.sort_unstable();
+        if out.len() > most {
+            let mut shared: Vec<(usize, u32)> = out.chunk_by(|a, b| a == b).map(|same| (same.len(), same[0])).collect();
+            shared.sort_unstable_by_key(|&(n, id)| (std::cmp::Reverse(n), id));
+            out = shared.into_iter().take(most).map(|(_, id)| id).collect();
+            out.sort_unstable();
+        }
         out.dedup();
         out
     }
@@ -657,7 +672,26 @@ mod tests {
         for (i, r) in records.iter().enumerate() {
             index.insert(i as u32, &blocking_keys(r));
         }
-        assert_eq!(index.candidates(&blocking_keys(&records[0]), DEFAULT_MAX_BLOCK), vec![0, 1, 3]);
+        assert_eq!(index.candidates(&blocking_keys(&records[0]), DEFAULT_MAX_BLOCK, MAX_CANDIDATES), vec![0, 1, 3]);
         assert!(!index.is_empty());
+    }
+
+    /// Of more candidates than asked for, those sharing the most keys are
+    /// kept, the earliest first among equals.
+    #[test]
+    fn a_crowd_of_candidates_keeps_those_sharing_the_most_keys() {
+        let keys: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut index = BlockIndex::new();
+        for id in 0..10 {
+            index.insert(id, &keys[..1]);
+        }
+        index.insert(20, &keys[..3]);
+        index.insert(21, &keys[1..2]);
+        index.insert(22, &keys[1..3]);
+        assert_eq!(index.candidates(&keys, 100, 100).len(), 13);
+        assert_eq!(index.candidates(&keys, 100, 4), vec![0, 1, 20, 22]);
+        assert_eq!(index.candidates(&keys, 100, 1), vec![20]);
+        // A block above the limit is skipped before any is ranked.
+        assert_eq!(index.candidates(&keys, 9, 2), vec![20, 22]);
     }
 }

@@ -35,8 +35,8 @@ pub mod training;
 mod quality_tests;
 
 pub use blocking::{
-    BlockIndex, CandidateVectors, DEFAULT_MAX_BLOCK, KeyKind, blocking_keys, candidate_pairs, candidate_vectors,
-    candidate_vectors_by_kind, key_hash,
+    BlockIndex, CandidateVectors, DEFAULT_MAX_BLOCK, KeyKind, MAX_CANDIDATES, blocking_keys, candidate_pairs,
+    candidate_vectors, candidate_vectors_by_kind, key_hash,
 };
 pub use compare::{ComparisonVector, FIELD_COUNT, Field, compare};
 pub use em::{Trained, VectorCounts, train, train_counts, train_m, train_m_counts};

@@ -37,7 +37,7 @@ fn resolve_online(records: &[(u64, Record)], originals: usize, model: &MatchMode
     let (mut total_candidates, mut max_candidates) = (0usize, 0usize);
     for (i, (truth, r)) in records.iter().enumerate().skip(originals) {
         let keys = blocking_keys(r);
-        let candidates = index.candidates(&keys, RESOLVE_MAX_BLOCK);
+        let candidates = index.candidates(&keys, RESOLVE_MAX_BLOCK, MAX_CANDIDATES);
         total_candidates += candidates.len();
         max_candidates = max_candidates.max(candidates.len());
         if !candidates.iter().any(|&c| records[c as usize].0 == *truth) {
@@ -203,7 +203,7 @@ fn matching_diagnostics() {
             let keys = blocking_keys(r);
             best.push(
                 index
-                    .candidates(&keys, RESOLVE_MAX_BLOCK)
+                    .candidates(&keys, RESOLVE_MAX_BLOCK, MAX_CANDIDATES)
                     .iter()
                     .map(|&c| (model.total_weight(compare(r, &records[c as usize].1)), records[c as usize].0 == *truth))
                     .max_by(|a, b| a.0.total_cmp(&b.0)),
