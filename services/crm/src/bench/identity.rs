@@ -192,8 +192,20 @@ pub async fn train(channel: Channel) -> anyhow::Result<TrainingStats> {
     })
 }
 
-/// A lane of the workload: call `index` resolves a returning customer
-/// picked by a hash of the number (so lanes spread over the base).
+/// Which of `returning` customers call `index` resolves: a stride
+/// through them (so lanes spread over the base) that visits each once in
+/// any `returning` calls in a row, so runs over calls that do not overlap
+/// (modulo `returning`) resolve different people.
+fn pick(returning: usize, index: u64) -> usize {
+    // A prime larger than any number of customers: coprime to it, so the
+    // stride is a permutation.
+    const STRIDE: u128 = (1 << 61) - 1;
+    let n = returning as u128;
+    ((u128::from(index) % n * STRIDE) % n) as usize
+}
+
+/// A lane of the workload: call `index` resolves the returning customer
+/// [`pick`] chooses.
 pub struct ResolveLane {
     client: IdentificationServiceClient<Channel>,
     people: Arc<People>,
@@ -212,8 +224,7 @@ impl ResolveLane {
 
     /// The request of call `index`.
     pub fn request(people: &People, index: u64) -> pb::ResolveIdentityRequest {
-        let returning = people.returning();
-        let (_, r) = &returning[(matching::SplitMix64::new(index).next_u64() % returning.len() as u64) as usize];
+        let (_, r) = &people.returning()[pick(people.returning().len(), index)];
         let (identifiers, attributes) = touchpoint(r, index);
         pb::ResolveIdentityRequest {
             identifiers,
@@ -258,15 +269,20 @@ mod tests {
     }
 
     #[test]
-    fn runs_from_far_apart_first_calls_resolve_mostly_other_people() {
-        let people = People::generate(20_000, 7);
-        let run = |first: u64| -> std::collections::BTreeSet<String> {
-            (first..first + 500).map(|i| format!("{:?}", ResolveLane::request(&people, i).attributes)).collect()
-        };
-        let (from_zero, from_far) = (run(0), run(1_000_000));
-        assert_eq!(from_zero, run(0), "the same calls, the same people");
-        let repeated = from_zero.intersection(&from_far).count();
-        assert!(repeated < 50, "{repeated} of 500 repeated");
+    fn runs_over_calls_that_do_not_overlap_resolve_different_people() {
+        let people = People::generate(2_000, 7);
+        let n = people.returning().len();
+        let picked: std::collections::BTreeSet<usize> = (0..n as u64).map(|i| pick(n, i)).collect();
+        assert_eq!(picked.len(), n, "each customer once in {n} calls in a row");
+        let from_far = 7 * n as u64 + 13;
+        let far: std::collections::BTreeSet<usize> = (from_far..from_far + n as u64).map(|i| pick(n, i)).collect();
+        assert_eq!(far, picked);
+        // Neighbouring calls spread over the base.
+        assert!(pick(n, 0).abs_diff(pick(n, 1)) > 1, "{} {}", pick(n, 0), pick(n, 1));
+        let (_, r) = &people.returning()[pick(n, 5)];
+        let expected = touchpoint(r, 5);
+        let request = ResolveLane::request(&people, 5);
+        assert_eq!((request.identifiers, request.attributes), (expected.0, Some(expected.1)));
     }
 
     #[test]

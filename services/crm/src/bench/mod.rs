@@ -106,10 +106,12 @@ enum Workload {
         #[arg(long)]
         ceiling_requests: Option<u64>,
         /// Number of the first call (warm-up included). Call i resolves the
-        /// returning customer that i picks, so each run repeats the people
-        /// of the runs before it unless it starts where they ended (then
-        /// only a few repeat, by chance): a person resolved before is found
-        /// by the identifiers stored then, which costs less than matching a
+        /// returning customer that i picks, each of them once in any run of
+        /// calls as long as their number (about --population): runs over
+        /// calls that do not overlap resolve different people, until all
+        /// runs together have made that many calls. A run from 0 repeats
+        /// the load's own run, and a person resolved before is found by the
+        /// identifiers stored then, which costs less than matching a
         /// newcomer.
         #[arg(long, default_value_t = 0)]
         first_call: u64,
