@@ -429,12 +429,13 @@ pub struct Candidate {
 /// Live profiles sharing a blocking key with `record`, skipping keys whose
 /// block is larger than `MAX_BLOCK`; of more, the `matching::MAX_CANDIDATES`
 /// sharing the most keys (the lowest id first among equals). Keys of a
-/// merged-away profile count for its survivor; erased profiles have none.
-/// One round trip (and one
-/// more when a candidate was merged away): the blocks, each read in key
-/// order no further than tells it is too large (an index range scan
-/// whatever the planner knows of the table), and the records kept for the
-/// profiles of those that are not, with whether each profile is live.
+/// merged-away profile count for its survivor (ranked as a profile of its
+/// own, so among more than that many its records may be left out); erased
+/// profiles have none. One round trip (and one more when a candidate was
+/// merged away): the blocks, each read in key order no further than tells
+/// it is too large (an index range scan whatever the planner knows of the
+/// table), and the records kept for the profiles of those that are not,
+/// with whether each profile is live.
 pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Vec<Candidate>, DbErr> {
     candidates_by_keys(c, &matching::blocking_keys(record).into_iter().collect()).await
 }

@@ -87,7 +87,7 @@ const WRITER_CACHE_KIB: u32 = 32_768;
 /// read by calls: SQLite drops a connection's whole map when it finds the
 /// database changed by another connection, which in WAL mode a reader
 /// finds at nearly every read while writes flow, and each page it then
-/// touches costs a fault to map again (about 25 a resolve at a million
+/// touches costs a fault to map again (about 30 a resolve at a million
 /// people, against 3 without: BENCHMARKS.md, identification).
 const MMAP_BYTES: u64 = 0x7fff_0000;
 /// A PostgreSQL connection idle this long is pinged before it is handed
