@@ -10,7 +10,7 @@ use std::{
 };
 
 use crm_proto::identification::v1::{self as pb, IdentifierType};
-use crm_runtime::{db::Store, error::RuntimeError, server::Shutdown, time::now};
+use crm_runtime::{db::Store, error::RuntimeError, reads::ReadRows, server::Shutdown, time::now};
 use sea_orm::{ConnectionTrait, DbErr};
 
 use crate::domain::{
@@ -436,28 +436,25 @@ pub struct Candidate {
 /// it is too large (an index range scan whatever the planner knows of the
 /// table), and the records kept for the profiles of those that are not,
 /// with whether each profile is live.
-pub async fn candidates<C: ConnectionTrait>(c: &C, record: &Record) -> Result<Vec<Candidate>, DbErr> {
+pub async fn candidates<C: ReadRows>(c: &C, record: &Record) -> Result<Vec<Candidate>, DbErr> {
     candidates_by_keys(c, &matching::blocking_keys(record).into_iter().collect()).await
 }
 
 /// [`candidates`] for a touchpoint whose blocking keys are `keys`.
-pub(crate) async fn candidates_by_keys<C: ConnectionTrait>(
-    c: &C,
-    keys: &BTreeSet<String>,
-) -> Result<Vec<Candidate>, DbErr> {
+pub(crate) async fn candidates_by_keys<C: ReadRows>(c: &C, keys: &BTreeSet<String>) -> Result<Vec<Candidate>, DbErr> {
     use crate::store::status;
     if keys.is_empty() {
         return Ok(vec![]);
     }
-    let rows = c.query_all_raw(candidates_statement(c.get_database_backend(), keys)).await?;
+    let rows = c.rows(candidates_statement(c.backend(), keys)).await?;
     let mut kept: Vec<(String, Record)> = Vec::with_capacity(rows.len());
     let mut live: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut merged: Vec<String> = Vec::new();
     for row in rows {
-        let id: String = row.try_get_by_index(0)?;
-        let bytes: Vec<u8> = row.try_get_by_index(1)?;
-        let st: i32 = row.try_get_by_index(2)?;
-        let into: Option<String> = row.try_get_by_index(3)?;
+        let id: String = row.get(0)?;
+        let bytes: Vec<u8> = row.get(1)?;
+        let st: i32 = row.get(2)?;
+        let into: Option<String> = row.get(3)?;
         match (st, into) {
             (status::ACTIVE, _) => {
                 live.insert(id.clone(), id.clone());
@@ -522,10 +519,7 @@ fn candidates_statement(backend: sea_orm::DatabaseBackend, keys: &BTreeSet<Strin
 
 /// The live profile each id stands for: itself, or the survivor it was
 /// merged into (following chains); erased ones are left out.
-async fn live_ids<C: ConnectionTrait>(
-    c: &C,
-    ids: &[String],
-) -> Result<std::collections::HashMap<String, String>, DbErr> {
+async fn live_ids<C: ReadRows>(c: &C, ids: &[String]) -> Result<std::collections::HashMap<String, String>, DbErr> {
     use crate::store::status;
     let mut out = std::collections::HashMap::new();
     // (origin, the id to look at next)
@@ -539,17 +533,17 @@ async fn live_ids<C: ConnectionTrait>(
         look.dedup();
         let marks = vec!["?"; look.len()].join(", ");
         let rows = c
-            .query_all_raw(crm_runtime::db::stmt(
-                c.get_database_backend(),
+            .rows(crm_runtime::db::stmt(
+                c.backend(),
                 &format!("SELECT id, status, merged_into FROM profiles WHERE id IN ({marks})"),
                 look.into_iter().map(Into::into).collect(),
             ))
             .await?;
         let mut state = std::collections::HashMap::new();
         for row in rows {
-            let id: String = row.try_get_by_index(0)?;
-            let st: i32 = row.try_get_by_index(1)?;
-            let into: Option<String> = row.try_get_by_index(2)?;
+            let id: String = row.get(0)?;
+            let st: i32 = row.get(1)?;
+            let into: Option<String> = row.get(2)?;
             state.insert(id, (st, into));
         }
         let mut next = Vec::new();
@@ -609,7 +603,7 @@ impl Default for Matcher {
 
 impl Matcher {
     /// The active model and its version (0: the built-in defaults).
-    pub async fn active<C: ConnectionTrait>(&self, c: &C) -> Result<(i64, Arc<MatchModel>), RuntimeError> {
+    pub async fn active<C: ReadRows>(&self, c: &C) -> Result<(i64, Arc<MatchModel>), RuntimeError> {
         {
             let cached = self.inner.read().map_err(|_| RuntimeError::Internal("matcher lock poisoned".into()))?;
             if cached.checked.elapsed() < Duration::from_secs(1) {
@@ -617,17 +611,19 @@ impl Matcher {
             }
         }
         let row = c
-            .query_one_raw(crm_runtime::db::stmt(
-                c.get_database_backend(),
+            .rows(crm_runtime::db::stmt(
+                c.backend(),
                 "SELECT version, model FROM matcher_models WHERE active = ? ORDER BY version DESC LIMIT 1",
                 vec![true.into()],
             ))
-            .await?;
+            .await?
+            .into_iter()
+            .next();
         let mut cached = self.inner.write().map_err(|_| RuntimeError::Internal("matcher lock poisoned".into()))?;
         if let Some(row) = row {
-            let version: i64 = row.try_get_by_index(0)?;
+            let version: i64 = row.get(0)?;
             if version != cached.version {
-                let bytes: Vec<u8> = row.try_get_by_index(1)?;
+                let bytes: Vec<u8> = row.get(1)?;
                 let model = MatchModel::from_bytes(&bytes)
                     .map_err(|e| RuntimeError::Internal(format!("stored matcher undecodable: {e}")))?;
                 cached.version = version;

@@ -14,6 +14,7 @@ use crm_runtime::{
     idempotency::{self, Claim},
     ids::new_id,
     page,
+    reads::{ReadRows, Reads, Row},
     time::{now, to_timestamp},
 };
 use prost::Message;
@@ -177,8 +178,9 @@ pub async fn get_profile(store: &Store, id: &str) -> Result<pb::Profile, Runtime
 /// Resolve a touchpoint's identifiers to one profile (ID-3, deterministic):
 /// an identifier already held names the profile; otherwise a prospect is
 /// created. It reads the identifiers' holders with its idempotency key,
-/// then the candidates, and decides — while other writes wait for the
-/// store's writer, on a pool connection beside it; then one
+/// then the candidates, and decides beside the store's writer (on a
+/// SQLite file always, on the calling thread; on PostgreSQL while other
+/// writes wait for the writer, on a pool connection); then one
 /// group-committed write (see
 /// `Store::group_commit_read_first`) writes what it decided — unless a
 /// write begun since its read changed anything it read (`crm_runtime::
@@ -219,12 +221,15 @@ async fn resolve_with(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // Read and decide on a pool connection, beside the writer, when
-        // writes wait for it; the write reads again only if something it
-        // read changed meanwhile. An idle writer reads fastest itself.
-        let ahead = if read_ahead && store.writes_waiting() > 0 {
+        // Read and decide beside the writer whenever that spares it work:
+        // always where reads run on the calling thread (a SQLite file,
+        // `Store::reads`), elsewhere while writes wait for it (an idle
+        // writer reads fastest itself). The write reads again only if
+        // something it read changed meanwhile.
+        let reads = store.reads();
+        let ahead = if read_ahead && (matches!(reads, Reads::Inline(_)) || store.writes_waiting() > 0) {
             let mark = store.settled();
-            let gathered = gather(&mut Reader::Pool(store.conn()), matcher, &cmd).await?;
+            let gathered = gather(&mut Reader::Ahead(reads), matcher, &cmd).await?;
             if let Some((fingerprint, response)) = gathered.stored {
                 return idempotency::seen(cmd.fingerprint, fingerprint, response);
             }
@@ -244,27 +249,27 @@ async fn resolve_with(
 }
 
 /// Where a resolve reads: inside its write (after the deferred statements
-/// of the writes before it in the batch), or on a pool connection before it
-/// is queued.
+/// of the writes before it in the batch), or before it is queued, where
+/// the store reads fastest (`Store::reads`: on SQLite the calling thread).
 enum Reader<'a> {
     Write(&'a mut WriteTxn),
-    Pool(&'a sea_orm::DatabaseConnection),
+    Ahead(Reads<'a>),
 }
 
 impl Reader<'_> {
     fn backend(&self) -> DatabaseBackend {
         match self {
             Reader::Write(tx) => tx.get_database_backend(),
-            Reader::Pool(c) => c.get_database_backend(),
+            Reader::Ahead(r) => r.backend(),
         }
     }
 
     /// Every row of `query` (inside a write, with the deferred statements
     /// before it: see `WriteTxn::query_all_after_deferred`).
-    async fn query_all(&mut self, query: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    async fn query_all(&mut self, query: Statement) -> Result<Vec<Row>, DbErr> {
         match self {
-            Reader::Write(tx) => tx.query_all_after_deferred(query).await,
-            Reader::Pool(c) => c.query_all_raw(query).await,
+            Reader::Write(tx) => Ok(tx.query_all_after_deferred(query).await?.into_iter().map(Row::Pooled).collect()),
+            Reader::Ahead(r) => r.rows(query).await,
         }
     }
 
@@ -272,7 +277,7 @@ impl Reader<'_> {
     async fn model(&self, matcher: &Matcher) -> Result<Arc<matching::MatchModel>, RuntimeError> {
         let (_, model) = match self {
             Reader::Write(tx) => matcher.active(&***tx).await?,
-            Reader::Pool(c) => matcher.active(*c).await?,
+            Reader::Ahead(r) => matcher.active(r).await?,
         };
         Ok(model)
     }
@@ -281,7 +286,7 @@ impl Reader<'_> {
     async fn candidates(&self, keys: &BTreeSet<String>) -> Result<Vec<matcher::Candidate>, DbErr> {
         match self {
             Reader::Write(tx) => matcher::candidates_by_keys(&***tx, keys).await,
-            Reader::Pool(c) => matcher::candidates_by_keys(*c, keys).await,
+            Reader::Ahead(r) => matcher::candidates_by_keys(r, keys).await,
         }
     }
 }
@@ -312,14 +317,14 @@ async fn holdings(
     let query = holdings_statement(reader.backend(), holders, values, key);
     let mut out = Holdings::default();
     for r in reader.query_all(query).await? {
-        let part: i64 = r.try_get_by_index(0)?;
-        let profile_id: String = r.try_get_by_index(1)?;
-        let int = |i: usize| r.try_get_by_index::<i64>(i);
+        let part: i64 = r.get(0)?;
+        let profile_id: String = r.get(1)?;
+        let int = |i: usize| r.get::<i64>(i);
         match part {
             0 => out.identifiers.push(identifiers::Model {
                 kind: int(2)? as i32,
-                namespace: r.try_get_by_index(8)?,
-                value: r.try_get_by_index(9)?,
+                namespace: r.get(8)?,
+                value: r.get(9)?,
                 profile_id,
                 created_at_us: int(3)?,
                 last_seen_at_us: int(4)?,
@@ -330,22 +335,22 @@ async fn holdings(
                     id: profile_id.clone(),
                     status: int(2)? as i32,
                     lifecycle_stage: int(3)? as i32,
-                    target_group: r.try_get_by_index(8)?,
+                    target_group: r.get(8)?,
                     created_at_us: int(4)?,
                     updated_at_us: int(5)?,
                     version: int(6)?,
-                    body: r.try_get_by_index(11)?,
-                    trait_keys: r.try_get_by_index(9)?,
-                    merged_into: r.try_get_by_index(10)?,
+                    body: r.get(11)?,
+                    trait_keys: r.get(9)?,
+                    merged_into: r.get(10)?,
                 };
                 out.rows.insert(profile_id, (row, int(7)? > 0));
             }
             2 => {
-                let bytes: Vec<u8> = r.try_get_by_index(11)?;
+                let bytes: Vec<u8> = r.get(11)?;
                 out.states.entry(profile_id).or_default().add_record(int(2)?, int(3)?, &bytes);
             }
-            3 => out.states.entry(profile_id).or_default().add_key(r.try_get_by_index(8)?),
-            _ => out.key = Some((int(2)?, r.try_get_by_index(11)?)),
+            3 => out.states.entry(profile_id).or_default().add_key(r.get(8)?),
+            _ => out.key = Some((int(2)?, r.get(11)?)),
         }
     }
     // Oldest first; those of the same time in the order stored.
@@ -1513,7 +1518,10 @@ pub async fn decide_review_item(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use crm_proto::{common::v1::Channel, identification::v1::IdentifierType};
+    use crm_proto::{
+        common::v1::{Channel, Date},
+        identification::v1::IdentifierType,
+    };
     use crm_runtime::testing::TestDb;
 
     use super::*;
@@ -1532,6 +1540,109 @@ mod tests {
             ..Default::default()
         };
         Arc::new(ResolveCommand::from_request(req, "ES").expect("valid"))
+    }
+
+    /// A touchpoint of a person born on 1985-03-12 in Girona, with an
+    /// email, under `request_id`.
+    fn touch(given: &str, family: &str, street: &str, email: &str, request_id: &str) -> Arc<ResolveCommand> {
+        let req = pb::ResolveIdentityRequest {
+            identifiers: vec![pb::Identifier {
+                r#type: IdentifierType::Email as i32,
+                value: email.into(),
+                namespace: String::new(),
+            }],
+            channel: Channel::Store as i32,
+            attributes: Some(pb::ProfileAttributes {
+                name: Some(pb::PersonName {
+                    given_name: given.into(),
+                    family_name: family.into(),
+                    ..Default::default()
+                }),
+                birth_date: Some(Date { year: 1985, month: 3, day: 12 }),
+                address: Some(pb::PostalAddress {
+                    lines: vec![street.into()],
+                    postal_code: "17001".into(),
+                    locality: "Girona".into(),
+                    country_code: "ES".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            request_id: request_id.into(),
+            ..Default::default()
+        };
+        Arc::new(ResolveCommand::from_request(req, "ES").expect("valid"))
+    }
+
+    /// While writes wait for the writer (on a SQLite file, always), a
+    /// resolve reads and decides beside it (`Store::reads`), and
+    /// what it read there decides when nothing it read changed since: the
+    /// person the evidence points to, the holder of a known identifier,
+    /// the stored answer to a request id answered before.
+    #[tokio::test]
+    async fn a_resolve_beside_waiting_writes_decides_on_what_it_read() {
+        let db = TestDb::new("identification").await;
+        let store = Store::connect(&db.url, 4).await.expect("connect");
+        store.migrate::<crate::migration::Migrator>().await.expect("migrate");
+        let matcher = Matcher::default();
+        let first = touch("María José", "García López", "Carrer Major 12", "mj@correu.cat", "touch-1");
+        let known = resolve(&store, &matcher, Arc::clone(&first)).await.expect("known");
+        let known_id = known.profile.as_ref().expect("profile").id.clone();
+
+        // Hold the writer with a write that changes nothing a resolve reads.
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let held = tokio::spawn({
+            let (store, gate) = (store.clone(), Arc::clone(&gate));
+            async move {
+                store
+                    .group_commit(move |tx| {
+                        tx.touches(std::iter::empty());
+                        let gate = Arc::clone(&gate);
+                        Box::pin(async move {
+                            gate.notified().await;
+                            Ok(())
+                        })
+                    })
+                    .await
+            }
+        });
+        let queued = |n: usize| {
+            let store = store.clone();
+            async move {
+                while store.writes_waiting() < n {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        };
+        let spawn = |cmd: Arc<ResolveCommand>| {
+            let (store, matcher) = (store.clone(), matcher.clone());
+            tokio::spawn(async move { resolve(&store, &matcher, cmd).await.expect("resolve") })
+        };
+        queued(1).await;
+        // The same person, a new email, no accents, a typo in the street:
+        // only the candidates read ahead tell who it is.
+        let by_evidence =
+            spawn(touch("Maria Jose", "Garcia Lopez", "Carrer Majr 12", "mariajose@feina.cat", "touch-2"));
+        queued(2).await;
+        let by_email = spawn(touch("M. José", "García", "Carrer Major 12", "mj@correu.cat", "touch-3"));
+        queued(3).await;
+        // A retry is answered from the read, without waiting for the writer.
+        let replayed = tokio::time::timeout(std::time::Duration::from_secs(10), spawn(first))
+            .await
+            .expect("answered beside the writer")
+            .expect("task");
+        assert_eq!(replayed, known);
+
+        gate.notify_one();
+        held.await.expect("task").expect("held write");
+        let by_evidence = by_evidence.await.expect("task");
+        assert!(!by_evidence.created, "{:?}", by_evidence.explanation);
+        assert_eq!(by_evidence.profile.as_ref().map(|p| p.id.as_str()), Some(known_id.as_str()));
+        let how = by_evidence.explanation.expect("explanation");
+        assert_eq!(how.method, MatchMethod::Probabilistic as i32);
+        let by_email = by_email.await.expect("task");
+        assert_eq!(by_email.profile.as_ref().map(|p| p.id.as_str()), Some(known_id.as_str()));
+        assert_eq!(by_email.explanation.map(|e| e.method), Some(MatchMethod::Deterministic as i32));
     }
 
     /// A resolve's holdings are read from the few profiles found, and

@@ -2,7 +2,7 @@
 //!
 //! A write that decides on what it reads (a resolve: who holds these
 //! identifiers, who shares these blocking keys) can read and decide before
-//! it is queued, on a pool connection and beside the other writes, and
+//! it is queued, beside the other writes (`Store::reads`), and
 //! leave the one writer only its statements — if, once its turn comes,
 //! nothing it read has changed since. This module tells that:
 //!

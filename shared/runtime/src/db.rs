@@ -19,10 +19,10 @@
 //! writer's own automatic checkpoint would copy and sync the whole WAL
 //! itself, stalling every write queued behind it.
 //!
-//! Every SQLite connection reads the database file through a memory map (as
-//! much of it as SQLite allows): a reader's page cache starts empty whenever
-//! a commit came in since its last read, and a page taken from the map
-//! costs no read call and no copy.
+//! The SQLite writer reads the database file through a memory map (as much
+//! of it as SQLite allows); readers read by calls (see `MMAP_BYTES`). Reads
+//! on a hot path that need no transaction can run on the calling thread
+//! (`Store::reads`, `crate::reads`).
 
 use std::{
     collections::HashSet,
@@ -45,6 +45,7 @@ use crate::{
     eventlog,
     feed::FeedEvent,
     group::GroupCommit,
+    reads::{InlineReads, Reads},
 };
 
 /// How a SQLite store's WAL is checkpointed.
@@ -95,6 +96,10 @@ const MMAP_BYTES: u64 = 0x7fff_0000;
 /// failed on); one in use since is not: a ping on every checkout is one
 /// more round trip for every statement a pool connection runs.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
+/// SQLite connections kept open for reads on the calling thread: one for
+/// each runtime worker of this machine kind, and spares for the threads
+/// that block.
+const INLINE_READERS: usize = 4;
 
 /// A service's database, shared by its handlers and background tasks.
 #[derive(Clone, Debug)]
@@ -108,6 +113,8 @@ pub struct Store {
     group_conn: Option<DatabaseConnection>,
     /// The group-commit queue, started by its first write.
     pub(crate) group: Arc<OnceLock<GroupCommit>>,
+    /// On a SQLite file, its reads on the calling thread.
+    inline: Option<Arc<InlineReads>>,
 }
 
 /// What a write transaction needs: the connection writes go through, the
@@ -216,7 +223,7 @@ impl Store {
                 committed: Arc::new(watch::channel(0).0),
                 changes: Arc::default(),
             };
-            return Ok(Store { db, writer, group_conn, group: Arc::default() });
+            return Ok(Store { db, writer, group_conn, group: Arc::default(), inline: None });
         }
         let file = sqlite_file(url);
         if let Some(dir) = file.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
@@ -246,7 +253,8 @@ impl Store {
             let conns = (db.clone(), writer.conn.clone());
             tokio::spawn(checkpoints(conns, file.to_owned(), checkpointing, committed, writers));
         }
-        Ok(Store { db, writer, group_conn: None, group: Arc::default() })
+        let inline = file.map(|f| Arc::new(InlineReads::new(f, INLINE_READERS)));
+        Ok(Store { db, writer, group_conn: None, group: Arc::default(), inline })
     }
 
     /// Run the migrations of `M` (the runtime's tables come first in each
@@ -262,6 +270,15 @@ impl Store {
     /// The connection pool, for reads.
     pub fn conn(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Where a read that needs no transaction runs fastest: on a SQLite
+    /// file the calling thread, else the pool (see `crate::reads`).
+    pub fn reads(&self) -> Reads<'_> {
+        match &self.inline {
+            Some(inline) => Reads::Inline(inline),
+            None => Reads::Pool(&self.db),
+        }
     }
 
     /// The writer of the group commit's batches (see `group_conn`).

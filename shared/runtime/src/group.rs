@@ -194,9 +194,10 @@ impl Store {
 
     /// How many group-committed writes are queued or running and not yet
     /// answered: none when the writer is idle. A read made beside the writer
-    /// (see `crate::changes`) pays only when writes wait; when none do, a
-    /// write reads fastest itself (on SQLite through the writer's own warm
-    /// page cache).
+    /// on a pool connection (see `crate::changes`) pays only when writes
+    /// wait; when none do, a write reads fastest itself. (On a SQLite file
+    /// `Store::reads` reads on the calling thread, without a round trip,
+    /// and pays even then.)
     pub fn writes_waiting(&self) -> usize {
         self.group.get().map_or(0, |g| g.waiting.load(Ordering::Relaxed))
     }

@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod migration;
 pub mod page;
+pub mod reads;
 pub mod rpc_telemetry;
 pub mod server;
 pub mod telemetry;
