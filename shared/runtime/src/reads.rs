@@ -217,11 +217,17 @@ mod tests {
     use super::*;
     use crate::db::Store;
 
-    #[tokio::test]
-    async fn inline_reads_see_every_commit_and_read_each_type_as_the_pool_does() {
+    /// A store on a SQLite file in a directory of its own.
+    async fn file_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let store = Store::connect(&url, 4).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn inline_reads_see_every_commit_and_read_each_type_as_the_pool_does() {
+        let (_dir, store) = file_store().await;
         let Reads::Inline(inline) = store.reads() else { panic!("a SQLite file is read inline") };
         let exec = |sql: &str, values: Vec<Value>| store.conn().execute_raw(store.stmt(sql, values));
         exec("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT, body BLOB, flag BOOLEAN)", vec![]).await.unwrap();
@@ -271,9 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_inline_read_never_writes_and_a_failed_one_says_why() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let store = Store::connect(&url, 4).await.unwrap();
+        let (_dir, store) = file_store().await;
         let Reads::Inline(inline) = store.reads() else { panic!("a SQLite file is read inline") };
         store.conn().execute_raw(store.stmt("CREATE TABLE t (id BIGINT PRIMARY KEY)", vec![])).await.unwrap();
         let write = store.stmt("INSERT INTO t VALUES (?)", vec![1i64.into()]);
