@@ -1187,6 +1187,23 @@ mod tests {
         assert_eq!(used, 1, "SQLite was built without SQLITE_ENABLE_QPSG");
     }
 
+    /// SQLite was built so that connections on different threads do not
+    /// wait for each other's page fetches and allocations (see
+    /// `.cargo/config.toml`).
+    #[tokio::test]
+    async fn sqlite_connections_share_no_lock_for_pages_or_memory() {
+        let store = Store::connect("sqlite::memory:", 1).await.unwrap();
+        let options = Statement::from_string(
+            DatabaseBackend::Sqlite,
+            "SELECT sqlite_compileoption_used('ENABLE_MEMORY_MANAGEMENT'), \
+             (SELECT COUNT(*) FROM pragma_compile_options WHERE compile_options = 'DEFAULT_MEMSTATUS=0')",
+        );
+        let row = store.conn().query_one_raw(options).await.unwrap().unwrap();
+        let (shared_caches, uncounted): (i64, i64) =
+            (row.try_get_by_index(0).unwrap(), row.try_get_by_index(1).unwrap());
+        assert_eq!((shared_caches, uncounted), (0, 1), "built with ENABLE_MEMORY_MANAGEMENT or with memory counted");
+    }
+
     /// The writer reads a SQLite file through a memory map; readers do not
     /// (SQLite drops a reader's whole map at nearly every read while writes
     /// flow, see `MMAP_BYTES`).
