@@ -96,10 +96,11 @@ const MMAP_BYTES: u64 = 0x7fff_0000;
 /// failed on); one in use since is not: a ping on every checkout is one
 /// more round trip for every statement a pool connection runs.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
-/// SQLite connections kept open for reads on the calling thread: one for
-/// each runtime worker of this machine kind, and spares for the threads
-/// that block.
-const INLINE_READERS: usize = 4;
+/// SQLite connections kept open for reads on the calling thread, besides
+/// one for each core (the runtime runs a worker a core, and each may be
+/// reading): spares for threads that block. A read that finds none idle
+/// opens one, and pays for it.
+const INLINE_SPARE_READERS: usize = 2;
 
 /// A service's database, shared by its handlers and background tasks.
 #[derive(Clone, Debug)]
@@ -253,7 +254,8 @@ impl Store {
             let conns = (db.clone(), writer.conn.clone());
             tokio::spawn(checkpoints(conns, file.to_owned(), checkpointing, committed, writers));
         }
-        let inline = file.map(|f| Arc::new(InlineReads::new(f, INLINE_READERS)));
+        let keep = std::thread::available_parallelism().map_or(2, usize::from) + INLINE_SPARE_READERS;
+        let inline = file.map(|f| Arc::new(InlineReads::new(f, keep)));
         Ok(Store { db, writer, group_conn: None, group: Arc::default(), inline })
     }
 

@@ -129,19 +129,30 @@ impl InlineReads {
     /// Every row of `query` (written for SQLite, `?` placeholders), read
     /// on the calling thread.
     pub fn query_all(&self, query: &Statement) -> Result<Vec<Row>, DbErr> {
-        let conn = match self.idle.lock().map_err(|_| unavailable("inline reads lock poisoned"))?.pop() {
-            Some(conn) => conn,
-            None => self.open()?,
-        };
+        let conn = self.take()?;
         let rows = read(&conn, query);
         // A connection whose read failed is dropped, not reused.
-        if rows.is_ok()
-            && let Ok(mut idle) = self.idle.lock()
+        if rows.is_ok() {
+            self.give_back(conn);
+        }
+        rows
+    }
+
+    /// An idle connection, or a new one.
+    fn take(&self) -> Result<rusqlite::Connection, DbErr> {
+        match self.idle.lock().map_err(|_| unavailable("inline reads lock poisoned"))?.pop() {
+            Some(conn) => Ok(conn),
+            None => self.open(),
+        }
+    }
+
+    /// Keep `conn` for the next read, unless `keep` are idle already.
+    fn give_back(&self, conn: rusqlite::Connection) {
+        if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.keep
         {
             idle.push(conn);
         }
-        rows
     }
 
     fn open(&self) -> Result<rusqlite::Connection, DbErr> {
@@ -289,6 +300,27 @@ mod tests {
         assert!(matches!(inline.query_all(&unbound), Err(DbErr::Type(_))), "a parameter left unbound");
         // Still reads after both failures.
         assert_eq!(n(inline.query_all(&store.stmt("SELECT COUNT(*) FROM t", vec![])).unwrap()), 0);
+    }
+
+    #[tokio::test]
+    async fn reads_reuse_idle_connections_and_keep_no_more_than_asked() {
+        let (_dir, store) = file_store().await;
+        let Reads::Inline(inline) = store.reads() else { panic!("a SQLite file is read inline") };
+        let one = || inline.query_all(&store.stmt("SELECT 1", vec![])).unwrap();
+        for _ in 0..3 {
+            one();
+        }
+        assert_eq!(inline.idle.lock().unwrap().len(), 1, "reads one after another share a connection");
+        // More reads at once than are kept: the extra connections are
+        // closed when given back.
+        let at_once: Vec<_> = (0..inline.keep + 2).map(|_| inline.take().unwrap()).collect();
+        for conn in at_once {
+            inline.give_back(conn);
+        }
+        assert_eq!(inline.idle.lock().unwrap().len(), inline.keep);
+        assert!(inline.keep > 2, "one a core and spares");
+        one();
+        assert_eq!(inline.idle.lock().unwrap().len(), inline.keep);
     }
 
     #[tokio::test]
