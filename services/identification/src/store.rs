@@ -221,13 +221,10 @@ async fn resolve_with(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // Read and decide beside the writer whenever that spares it work:
-        // always where reads run on the calling thread (a SQLite file,
-        // `Store::reads`), elsewhere while writes wait for it (an idle
-        // writer reads fastest itself). The write reads again only if
-        // something it read changed meanwhile.
-        let reads = store.reads();
-        let ahead = if read_ahead && (matches!(reads, Reads::Inline(_)) || store.writes_waiting() > 0) {
+        // Read and decide beside the writer whenever that spares it work
+        // (`Store::reads_ahead`); the write reads again only if something
+        // it read changed meanwhile.
+        let ahead = if let Some(reads) = read_ahead.then(|| store.reads_ahead()).flatten() {
             let mark = store.settled();
             let gathered = gather(&mut Reader::Ahead(reads), matcher, &cmd).await?;
             if let Some((fingerprint, response)) = gathered.stored {

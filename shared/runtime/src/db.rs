@@ -436,6 +436,16 @@ fn bump(current: &mut i64, seen: i64) -> bool {
     }
 }
 
+/// A store on a SQLite file in a directory of its own, for tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn file_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let store = Store::connect(&url, 4).await.unwrap();
+    (dir, store)
+}
+
 /// The file of a SQLite store; `None` for one in memory.
 fn sqlite_file(url: &str) -> Option<&Path> {
     let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
@@ -1211,9 +1221,7 @@ mod tests {
     /// flow, see `MMAP_BYTES`).
     #[tokio::test]
     async fn only_the_sqlite_writer_maps_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("map.db").display());
-        let store = Store::connect(&url, 2).await.unwrap();
+        let (_dir, store) = file_store().await;
         let mmap_size = || Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA mmap_size");
         let reader: i64 = store.conn().query_one_raw(mmap_size()).await.unwrap().unwrap().try_get_by_index(0).unwrap();
         let tx = store.begin_write().await.unwrap();

@@ -195,11 +195,20 @@ impl Store {
     /// How many group-committed writes are queued or running and not yet
     /// answered: none when the writer is idle. A read made beside the writer
     /// on a pool connection (see `crate::changes`) pays only when writes
-    /// wait; when none do, a write reads fastest itself. (On a SQLite file
-    /// `Store::reads` reads on the calling thread, without a round trip,
-    /// and pays even then.)
+    /// wait; when none do, a write reads fastest itself (see
+    /// `reads_ahead`).
     pub fn writes_waiting(&self) -> usize {
         self.group.get().map_or(0, |g| g.waiting.load(Ordering::Relaxed))
+    }
+
+    /// Where a write that decides on what it reads should read before it
+    /// is queued (see `crate::changes`), or `None` when it pays to read
+    /// inside the write: on a SQLite file always (`Store::reads` reads on
+    /// the calling thread, and the writer is left only the write), else
+    /// while writes wait for the writer.
+    pub fn reads_ahead(&self) -> Option<crate::reads::Reads<'_>> {
+        let reads = self.reads();
+        (matches!(reads, crate::reads::Reads::Inline(_)) || self.writes_waiting() > 0).then_some(reads)
     }
 
     /// Wait until every write queued by `group_commit` so far is answered.

@@ -68,16 +68,6 @@ impl ReadRows for Reads<'_> {
     }
 }
 
-impl ReadRows for InlineReads {
-    fn backend(&self) -> DatabaseBackend {
-        DatabaseBackend::Sqlite
-    }
-
-    async fn rows(&self, query: Statement) -> Result<Vec<Row>, DbErr> {
-        self.query_all(&query)
-    }
-}
-
 /// A value a [`Row`] column can be read as, whichever connection read it.
 pub trait Column: sea_orm::TryGetable + rusqlite::types::FromSql {}
 impl<T: sea_orm::TryGetable + rusqlite::types::FromSql> Column for T {}
@@ -226,15 +216,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::db::Store;
-
-    /// A store on a SQLite file in a directory of its own.
-    async fn file_store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let store = Store::connect(&url, 4).await.unwrap();
-        (dir, store)
-    }
+    use crate::db::{Store, file_store};
 
     #[tokio::test]
     async fn inline_reads_see_every_commit_and_read_each_type_as_the_pool_does() {
@@ -327,5 +309,13 @@ mod tests {
     async fn an_in_memory_database_is_read_through_the_pool() {
         let store = Store::connect("sqlite::memory:", 1).await.unwrap();
         assert!(matches!(store.reads(), Reads::Pool(_)));
+        // Through the pool, reading ahead of an idle writer does not pay.
+        assert!(store.reads_ahead().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_file_is_always_read_ahead_of_the_writer() {
+        let (_dir, store) = file_store().await;
+        assert!(matches!(store.reads_ahead(), Some(Reads::Inline(_))), "with no write waiting");
     }
 }
