@@ -60,10 +60,19 @@ struct Checkpointing {
     /// safety net: the background checkpoint normally starts the WAL over
     /// long before).
     autocheckpoint_pages: u32,
+    /// Bytes a WAL file is cut back to when it starts over: one big
+    /// transaction (a migration rebuilding tables) grows it far past what
+    /// the steady flow of writes needs, and SQLite would otherwise keep
+    /// the file at its largest for good.
+    wal_limit_bytes: i64,
 }
 
-const CHECKPOINTING: Checkpointing =
-    Checkpointing { every: Duration::from_millis(200), restart_pages: 4_096, autocheckpoint_pages: 16_384 };
+const CHECKPOINTING: Checkpointing = Checkpointing {
+    every: Duration::from_millis(200),
+    restart_pages: 4_096,
+    autocheckpoint_pages: 16_384,
+    wal_limit_bytes: 64 << 20,
+};
 /// Before it holds the writers back, the background checkpoint copies
 /// again, at most this many times, until fewer pages than `CATCH_UP_PAGES`
 /// were appended during its last copy.
@@ -189,7 +198,8 @@ fn sqlite_options(opts: &mut ConnectOptions, max_connections: u32, writer: bool,
             // Deleted content is overwritten, not left in free pages:
             // erasure must leave nothing readable in the file.
             .pragma("secure_delete", "on")
-            .pragma("wal_autocheckpoint", checkpointing.autocheckpoint_pages.to_string());
+            .pragma("wal_autocheckpoint", checkpointing.autocheckpoint_pages.to_string())
+            .pragma("journal_size_limit", checkpointing.wal_limit_bytes.to_string());
         if writer {
             o.pragma("cache_size", format!("-{WRITER_CACHE_KIB}")).pragma("mmap_size", MMAP_BYTES.to_string())
         } else {
@@ -260,11 +270,33 @@ impl Store {
     }
 
     /// Run the migrations of `M` (the runtime's tables come first in each
-    /// service's migrator), then learn the event log's head.
+    /// service's migrator), then learn the event log's head. On a SQLite
+    /// file, then copy whatever the WAL holds into the database and empty
+    /// it: a migration that rebuilt tables leaves the WAL as large as
+    /// they are, and the background checkpoint only runs after writes.
     pub async fn migrate<M: MigratorTrait>(&self) -> Result<(), DbErr> {
         M::up(&self.db, None).await?;
         if let Ok(head) = eventlog::head(&self.db).await {
             self.writer.committed.send_if_modified(|c| bump(c, head));
+        }
+        if self.writer.dedicated
+            && let Some(lock) = &self.writer.lock
+        {
+            let _held = lock.lock().await;
+            let truncate = Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA wal_checkpoint(TRUNCATE)");
+            match self.writer.conn.query_one_raw(truncate).await {
+                // (busy, pages in the WAL, pages copied)
+                Ok(Some(row)) => {
+                    let pages = row.try_get_by_index::<i64>(1).unwrap_or(0);
+                    if pages > 0 {
+                        tracing::info!(wal_pages = pages, "WAL copied into the database at start-up");
+                    }
+                }
+                Ok(None) => {}
+                // Another process reading the file: the background
+                // checkpoint starts the WAL over later.
+                Err(e) => tracing::warn!(error = %e, "WAL not emptied at start-up"),
+            }
         }
         Ok(())
     }
@@ -1231,6 +1263,72 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// A store on a SQLite file whose WAL is checkpointed by nothing but
+    /// what a test does (no background rounds, no automatic checkpoint),
+    /// cut back to `wal_limit_bytes` when it starts over; its WAL's path.
+    async fn manual_wal_store(wal_limit_bytes: i64) -> (tempfile::TempDir, Store, PathBuf) {
+        let checkpointing = Checkpointing {
+            every: Duration::from_secs(3_600),
+            restart_pages: i64::MAX,
+            autocheckpoint_pages: 1_000_000,
+            wal_limit_bytes,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+        let wal = dir.path().join("w.db-wal");
+        let store = Store::connect_with(&url, 2, checkpointing).await.unwrap();
+        store.conn().execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)").await.unwrap();
+        (dir, store, wal)
+    }
+
+    /// Write `n` rows of 16 KiB in one transaction of the writer.
+    async fn write_rows(store: &Store, n: usize) {
+        let tx = store.begin_write().await.unwrap();
+        for i in 0..n {
+            tx.execute_raw(store.stmt("INSERT INTO t (body) VALUES (?)", vec![vec![i as u8; 16 << 10].into()]))
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    fn len(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// One big transaction grows the WAL past anything the steady flow
+    /// needs; once the WAL starts over, the file is cut back to the limit.
+    #[tokio::test]
+    async fn a_wal_grown_by_one_big_transaction_is_cut_back_when_it_starts_over() {
+        let limit = 64 << 10;
+        let (_dir, store, wal) = manual_wal_store(limit).await;
+        write_rows(&store, 64).await;
+        assert!(len(&wal) > 1 << 20, "the WAL holds the rows: {} bytes", len(&wal));
+        // Everything copied, then the next write starts the WAL over.
+        let passive = Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA wal_checkpoint(PASSIVE)");
+        let row = store.conn().query_one_raw(passive).await.unwrap().unwrap();
+        let (pages, copied): (i64, i64) = (row.try_get_by_index(1).unwrap(), row.try_get_by_index(2).unwrap());
+        assert_eq!(pages, copied, "no reader holds the WAL");
+        write_rows(&store, 1).await;
+        assert!(len(&wal) <= limit as u64, "the WAL kept {} bytes (limit {limit})", len(&wal));
+        store.close().await.unwrap();
+    }
+
+    /// Whatever the WAL holds when a store starts (a migration's rebuilt
+    /// tables) is copied into the database, and the WAL emptied.
+    #[tokio::test]
+    async fn migrations_leave_the_wal_empty() {
+        let (_dir, store, wal) = manual_wal_store(CHECKPOINTING.wal_limit_bytes).await;
+        write_rows(&store, 64).await;
+        assert!(len(&wal) > 1 << 20);
+        store.migrate::<crate::migration::RuntimeMigrator>().await.unwrap();
+        assert_eq!(len(&wal), 0);
+        let count = Statement::from_string(DatabaseBackend::Sqlite, "SELECT COUNT(*) FROM t");
+        let rows: i64 = store.conn().query_one_raw(count).await.unwrap().unwrap().try_get_by_index(0).unwrap();
+        assert_eq!(rows, 64, "every row kept");
+        store.close().await.unwrap();
+    }
+
     /// Under writes that never pause, a background checkpoint alone never
     /// catches up with the WAL, and SQLite only starts a WAL over once all
     /// of it was copied: the WAL would grow until the writer checkpoints it
@@ -1239,8 +1337,7 @@ mod tests {
     /// before, even on a machine too busy to run it on time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_writes_that_never_pause() {
-        let checkpointing =
-            Checkpointing { every: Duration::from_millis(10), restart_pages: 64, autocheckpoint_pages: 16_384 };
+        let checkpointing = Checkpointing { every: Duration::from_millis(10), restart_pages: 64, ..CHECKPOINTING };
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("wal.db").display());
         let wal = dir.path().join("wal.db-wal");
