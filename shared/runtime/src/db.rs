@@ -284,17 +284,20 @@ impl Store {
         {
             let _held = lock.lock().await;
             let truncate = Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA wal_checkpoint(TRUNCATE)");
+            // Another process reading the file may keep the WAL from
+            // being emptied: the background checkpoint starts it over later.
             match self.writer.conn.query_one_raw(truncate).await {
                 // (busy, pages in the WAL, pages copied)
                 Ok(Some(row)) => {
-                    let pages = row.try_get_by_index::<i64>(1).unwrap_or(0);
-                    if pages > 0 {
+                    let number = |i: usize| row.try_get_by_index::<i64>(i).unwrap_or(0);
+                    let (busy, pages) = (number(0), number(1));
+                    if busy != 0 {
+                        tracing::warn!(wal_pages = pages, "WAL not emptied at start-up: another connection reads it");
+                    } else if pages > 0 {
                         tracing::info!(wal_pages = pages, "WAL copied into the database at start-up");
                     }
                 }
                 Ok(None) => {}
-                // Another process reading the file: the background
-                // checkpoint starts the WAL over later.
                 Err(e) => tracing::warn!(error = %e, "WAL not emptied at start-up"),
             }
         }
