@@ -283,21 +283,21 @@ impl Store {
             && let Some(lock) = &self.writer.lock
         {
             let _held = lock.lock().await;
-            let truncate = Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA wal_checkpoint(TRUNCATE)");
+            let checkpoint =
+                |mode: &str| Statement::from_string(DatabaseBackend::Sqlite, format!("PRAGMA wal_checkpoint({mode})"));
+            // Each answers (busy, pages in the WAL, pages copied); once
+            // emptied, the WAL holds none, so they are counted first.
+            let number = |row: &QueryResult, i: usize| row.try_get_by_index::<i64>(i).unwrap_or(0);
+            let conn = &self.writer.conn;
+            let pages = conn.query_one_raw(checkpoint("PASSIVE")).await.ok().flatten().map_or(0, |r| number(&r, 1));
             // Another process reading the file may keep the WAL from
             // being emptied: the background checkpoint starts it over later.
-            match self.writer.conn.query_one_raw(truncate).await {
-                // (busy, pages in the WAL, pages copied)
-                Ok(Some(row)) => {
-                    let number = |i: usize| row.try_get_by_index::<i64>(i).unwrap_or(0);
-                    let (busy, pages) = (number(0), number(1));
-                    if busy != 0 {
-                        tracing::warn!(wal_pages = pages, "WAL not emptied at start-up: another connection reads it");
-                    } else if pages > 0 {
-                        tracing::info!(wal_pages = pages, "WAL copied into the database at start-up");
-                    }
+            match conn.query_one_raw(checkpoint("TRUNCATE")).await {
+                Ok(Some(row)) if number(&row, 0) != 0 => {
+                    tracing::warn!(wal_pages = pages, "WAL not emptied at start-up: another connection reads it");
                 }
-                Ok(None) => {}
+                Ok(_) if pages > 0 => tracing::info!(wal_pages = pages, "WAL copied into the database at start-up"),
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "WAL not emptied at start-up"),
             }
         }
@@ -1329,6 +1329,40 @@ mod tests {
         let count = Statement::from_string(DatabaseBackend::Sqlite, "SELECT COUNT(*) FROM t");
         let rows: i64 = store.conn().query_one_raw(count).await.unwrap().unwrap().try_get_by_index(0).unwrap();
         assert_eq!(rows, 64, "every row kept");
+        store.close().await.unwrap();
+    }
+
+    /// What a WAL emptied at start-up held is logged (a count of pages,
+    /// nothing of their content).
+    #[tokio::test]
+    async fn a_wal_emptied_at_start_up_is_logged_with_its_pages() {
+        #[derive(Clone, Default)]
+        struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Logs {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (_dir, store, _wal) = manual_wal_store(CHECKPOINTING.wal_limit_bytes).await;
+        write_rows(&store, 64).await;
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        store.migrate::<crate::migration::RuntimeMigrator>().await.unwrap();
+        drop(guard);
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = text.lines().find(|l| l.contains("WAL copied into the database at start-up"));
+        let pages: i64 = line
+            .and_then(|l| l.split("wal_pages=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count of pages logged: {text}"));
+        assert!(pages > 64 * 4, "64 rows of 16 KiB are more than {pages} pages");
         store.close().await.unwrap();
     }
 
