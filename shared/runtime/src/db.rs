@@ -283,23 +283,7 @@ impl Store {
             && let Some(lock) = &self.writer.lock
         {
             let _held = lock.lock().await;
-            let checkpoint =
-                |mode: &str| Statement::from_string(DatabaseBackend::Sqlite, format!("PRAGMA wal_checkpoint({mode})"));
-            // Each answers (busy, pages in the WAL, pages copied); once
-            // emptied, the WAL holds none, so they are counted first.
-            let number = |row: &QueryResult, i: usize| row.try_get_by_index::<i64>(i).unwrap_or(0);
-            let conn = &self.writer.conn;
-            let pages = conn.query_one_raw(checkpoint("PASSIVE")).await.ok().flatten().map_or(0, |r| number(&r, 1));
-            // Another process reading the file may keep the WAL from
-            // being emptied: the background checkpoint starts it over later.
-            match conn.query_one_raw(checkpoint("TRUNCATE")).await {
-                Ok(Some(row)) if number(&row, 0) != 0 => {
-                    tracing::warn!(wal_pages = pages, "WAL not emptied at start-up: another connection reads it");
-                }
-                Ok(_) if pages > 0 => tracing::info!(wal_pages = pages, "WAL copied into the database at start-up"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "WAL not emptied at start-up"),
-            }
+            empty_wal(&self.writer.conn).await;
         }
         Ok(())
     }
@@ -460,6 +444,26 @@ async fn checkpoint(db: &DatabaseConnection) -> Result<i64, DbErr> {
         .ok_or_else(|| DbErr::Custom("wal_checkpoint answered no row".into()))?;
     // The row is (busy, pages in the WAL, pages copied).
     row.try_get_by_index::<i64>(1)
+}
+
+/// Copy everything the WAL holds into the database and empty it (the
+/// writers held back by the caller), and log what it held. Another
+/// process reading the file may keep it from being emptied: the
+/// background checkpoint starts it over later.
+async fn empty_wal(writer: &DatabaseConnection) {
+    // Counted first: once emptied, the WAL answers no pages.
+    let pages = checkpoint(writer).await.unwrap_or(0);
+    let truncate = Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA wal_checkpoint(TRUNCATE)");
+    // The row is (busy, pages in the WAL, pages copied).
+    let busy = |row: &QueryResult| row.try_get_by_index::<i64>(0).unwrap_or(0) != 0;
+    match writer.query_one_raw(truncate).await {
+        Ok(Some(row)) if busy(&row) => {
+            tracing::warn!(wal_pages = pages, "WAL not emptied at start-up: another connection reads it");
+        }
+        Ok(_) if pages > 0 => tracing::info!(wal_pages = pages, "WAL copied into the database at start-up"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "WAL not emptied at start-up"),
+    }
 }
 
 fn bump(current: &mut i64, seen: i64) -> bool {
@@ -1266,22 +1270,24 @@ mod tests {
         store.close().await.unwrap();
     }
 
-    /// A store on a SQLite file whose WAL is checkpointed by nothing but
-    /// what a test does (no background rounds, no automatic checkpoint),
-    /// cut back to `wal_limit_bytes` when it starts over; its WAL's path.
-    async fn manual_wal_store(wal_limit_bytes: i64) -> (tempfile::TempDir, Store, PathBuf) {
-        let checkpointing = Checkpointing {
-            every: Duration::from_secs(3_600),
-            restart_pages: i64::MAX,
-            autocheckpoint_pages: 1_000_000,
-            wal_limit_bytes,
-        };
+    /// A store on a SQLite file checkpointed as `checkpointing` says, with
+    /// a table `t` of blobs; its WAL's path.
+    async fn wal_store(checkpointing: Checkpointing) -> (tempfile::TempDir, Store, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
         let wal = dir.path().join("w.db-wal");
-        let store = Store::connect_with(&url, 2, checkpointing).await.unwrap();
+        let store = Store::connect_with(&url, 4, checkpointing).await.unwrap();
         store.conn().execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)").await.unwrap();
         (dir, store, wal)
+    }
+
+    /// A store whose WAL is checkpointed by nothing but what a test does
+    /// (no background rounds, no automatic checkpoint), cut back to
+    /// `wal_limit_bytes` when it starts over.
+    async fn manual_wal_store(wal_limit_bytes: i64) -> (tempfile::TempDir, Store, PathBuf) {
+        let every = Duration::from_secs(3_600);
+        wal_store(Checkpointing { every, restart_pages: i64::MAX, autocheckpoint_pages: 1_000_000, wal_limit_bytes })
+            .await
     }
 
     /// Write `n` rows of 16 KiB in one transaction of the writer.
@@ -1375,12 +1381,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_writes_that_never_pause() {
         let checkpointing = Checkpointing { every: Duration::from_millis(10), restart_pages: 64, ..CHECKPOINTING };
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("wal.db").display());
-        let wal = dir.path().join("wal.db-wal");
-        let store = Store::connect_with(&url, 4, checkpointing).await.unwrap();
+        let (_dir, store, wal) = wal_store(checkpointing).await;
         store.migrate::<crate::migration::RuntimeMigrator>().await.unwrap();
-        store.conn().execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)").await.unwrap();
         let page = 4_096_u64;
         let (mut written, mut longest) = (0_u64, 0_u64);
         let total = 8_192 * page;
