@@ -378,7 +378,8 @@ impl Store {
 ///
 /// Once the WAL is longer than `restart_pages`, it copies again at once
 /// until little was appended during its last copy, has the kernel write out
-/// the copied pages, and then copies the rest under the writer lock
+/// the copied pages (and copies and writes out what was appended meanwhile,
+/// until little was), and then copies the rest under the writer lock
 /// (`writers`), on the writer's connection, which is idle then (a pool
 /// connection might have to be waited for, with every writer waiting
 /// too). With nothing appended meanwhile, that last copy reaches the
@@ -420,9 +421,24 @@ async fn checkpoints(
         }
         // A partial checkpoint writes pages without syncing them: SQLite
         // syncs the database file only when a checkpoint reaches the end
-        // of the WAL, which would then write them all under the lock.
-        let path = file.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data()).await;
+        // of the WAL, which would then write them all under the lock. What
+        // is appended while the kernel writes them out is copied and
+        // written out in turn, until little was: on a slow disk the first
+        // write-out takes long enough for hundreds or thousands of pages to
+        // be appended, which the lock would otherwise hold the writers for.
+        for _ in 0..CATCH_UP_ROUNDS {
+            let path = file.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data()).await;
+            let Ok(next) = checkpoint(&db).await else { break };
+            let appended = next - pages;
+            pages = next;
+            if appended <= CATCH_UP_PAGES || pages < checkpointing.restart_pages {
+                break;
+            }
+        }
+        if pages < checkpointing.restart_pages {
+            continue;
+        }
         let Some(writers) = writers.upgrade() else { return };
         let _held = writers.lock().await;
         let started = std::time::Instant::now();
