@@ -408,14 +408,7 @@ async fn checkpoints(
         if pages < checkpointing.restart_pages {
             continue;
         }
-        for _ in 0..CATCH_UP_ROUNDS {
-            let Ok(next) = checkpoint(&db).await else { break };
-            let appended = next - pages;
-            pages = next;
-            if appended <= CATCH_UP_PAGES {
-                break;
-            }
-        }
+        pages = catch_up(&db, pages, None).await;
         if pages < checkpointing.restart_pages {
             continue; // the WAL has started over meanwhile
         }
@@ -426,16 +419,7 @@ async fn checkpoints(
         // written out in turn, until little was: on a slow disk the first
         // write-out takes long enough for hundreds or thousands of pages to
         // be appended, which the lock would otherwise hold the writers for.
-        for _ in 0..CATCH_UP_ROUNDS {
-            let path = file.clone();
-            let _ = tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data()).await;
-            let Ok(next) = checkpoint(&db).await else { break };
-            let appended = next - pages;
-            pages = next;
-            if appended <= CATCH_UP_PAGES || pages < checkpointing.restart_pages {
-                break;
-            }
-        }
+        pages = catch_up(&db, pages, Some(&file)).await;
         if pages < checkpointing.restart_pages {
             continue;
         }
@@ -450,6 +434,27 @@ async fn checkpoints(
             "WAL checkpointed with the writers held back"
         );
     }
+}
+
+/// Copy again from the WAL (holding `pages`), at most `CATCH_UP_ROUNDS`
+/// times, until a copy finds at most `CATCH_UP_PAGES` new pages (or the WAL
+/// started over); before each copy, have the kernel write out the pages
+/// copied into `write_out`, the database file, when given. Answer how many
+/// pages the WAL holds.
+async fn catch_up(db: &DatabaseConnection, mut pages: i64, write_out: Option<&Path>) -> i64 {
+    for _ in 0..CATCH_UP_ROUNDS {
+        if let Some(file) = write_out {
+            let path = file.to_owned();
+            let _ = tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data()).await;
+        }
+        let Ok(next) = checkpoint(db).await else { break };
+        let appended = next - pages;
+        pages = next;
+        if appended <= CATCH_UP_PAGES {
+            break;
+        }
+    }
+    pages
 }
 
 /// Run a PASSIVE checkpoint; answer how many pages the WAL holds.
