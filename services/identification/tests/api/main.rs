@@ -1001,6 +1001,45 @@ async fn a_person_without_a_known_identifier_is_recognised_by_the_evidence() {
     assert!(other.review_item_id.is_empty() || other.profile.as_ref().unwrap().id != original.id);
 }
 
+/// [`touch`] with a phone as its only identifier.
+fn touch_by_phone(
+    given: &str,
+    family: &str,
+    born: (i32, i32, i32),
+    street: &str,
+    phone: &str,
+) -> pb::ResolveIdentityRequest {
+    let mut req = touch(given, family, born, street, "17001", "unused@correu.cat");
+    req.identifiers = vec![id(IdentifierType::Phone, phone)];
+    req
+}
+
+#[tokio::test]
+async fn a_shared_landline_is_a_household_while_a_shared_mobile_is_the_person() {
+    let (_server, mut client) = spawn_app().await;
+    let mut resolve = async |req| client.resolve_identity(req).await.unwrap().into_inner();
+    let born = (1970, 1, 1);
+    // Twins at one address, sharing the landline: two people.
+    let joan = resolve(touch_by_phone("Joan", "Puig Serra", born, "Carrer Major 12", "+34 972 123 456")).await;
+    let pere = resolve(touch_by_phone("Pere", "Puig Serra", born, "Carrer Major 12", "+34 972 123 456")).await;
+    assert!(pere.created, "{:?}", pere.explanation);
+    assert_ne!(pere.profile.unwrap().id, joan.profile.unwrap().id);
+
+    // A given name mistyped beyond recognition, the same birth date and
+    // address: a twin too, but for the mobile, which is personal.
+    let sara = resolve(touch_by_phone("Sara", "Herrera Castillo", born, "Carrer Nou 3", "+34 613 109 270")).await;
+    let zaa = resolve(touch_by_phone("Zaa", "Herrera Castillo", born, "Carrer Nou 3", "+34613109270")).await;
+    assert!(!zaa.created, "{:?}", zaa.explanation);
+    let sara_id = sara.profile.unwrap().id;
+    assert_eq!(zaa.profile.unwrap().id, sara_id);
+    assert_eq!(zaa.explanation.unwrap().method, MatchMethod::Deterministic as i32);
+
+    // The same mobile, handed on to someone of another family: not Sara.
+    let lucia =
+        resolve(touch_by_phone("Lucía", "Martín Ruiz", (1991, 6, 20), "Plaça Catalunya 1", "+34613109270")).await;
+    assert_ne!(lucia.profile.unwrap().id, sara_id, "{:?}", lucia.explanation);
+}
+
 #[tokio::test]
 async fn concurrent_resolves_of_one_new_person_by_evidence_alone_create_one_profile() {
     let (_server, client) = spawn_app().await;

@@ -279,13 +279,13 @@ fn compare_names(a: &Record, b: &Record) -> (u8, u8) {
     let family = compare_family(&a.family_name, &b.family_name);
     let strong_given = matches!(given, given::EXACT | given::SIMILAR | given::NICKNAME);
     let strong_family = matches!(family, family::EXACT | family::SIMILAR | family::ONE_SURNAME);
-    if strong_given
-        || strong_family
-        || a.given_name.is_empty()
-        || a.family_name.is_empty()
-        || b.given_name.is_empty()
-        || b.family_name.is_empty()
-    {
+    if strong_given || strong_family {
+        return (given, family);
+    }
+    if let Some(levels) = surnames_for_given_name(a, b, given).or_else(|| surnames_for_given_name(b, a, given)) {
+        return levels;
+    }
+    if a.given_name.is_empty() || a.family_name.is_empty() || b.given_name.is_empty() || b.family_name.is_empty() {
         return (given, family);
     }
     if a.given_name == b.family_name && a.family_name == b.given_name {
@@ -298,25 +298,45 @@ fn compare_names(a: &Record, b: &Record) -> (u8, u8) {
     if first(&a.given_name) != first(&b.family_name) && first(&a.family_name) != first(&b.given_name) {
         return (given, family);
     }
-    let crossed_family = compare_family(&a.family_name, &b.given_name);
-    if crossed_family == family::DIFFERENT {
-        return (given, family);
-    }
-    let crossed_given = compare_given(&a.given_name, &b.family_name);
     let strong = |g: u8, f: u8| {
         matches!(g, given::EXACT | given::SIMILAR | given::NICKNAME)
             && matches!(f, family::EXACT | family::SIMILAR | family::ONE_SURNAME)
     };
-    let weak_given = matches!(crossed_given, given::FUZZY | given::INITIAL);
-    let weak_family = crossed_family == family::FUZZY;
-    if strong(crossed_given, crossed_family)
-        || (weak_given && strong(given::EXACT, crossed_family))
-        || (weak_family && strong(crossed_given, family::EXACT))
-    {
-        (crossed_given, crossed_family)
-    } else {
-        (given, family)
+    // Either record may be the swapped one: the given names are then
+    // `a`'s given and `b`'s family field, or `a`'s family and `b`'s given
+    // field, each pair compared as what it holds.
+    let crossed = |given_pair: (&str, &str), family_pair: (&str, &str)| {
+        let crossed_family = compare_family(family_pair.0, family_pair.1);
+        if crossed_family == family::DIFFERENT {
+            return None;
+        }
+        let crossed_given = compare_given(given_pair.0, given_pair.1);
+        let weak_given = matches!(crossed_given, given::FUZZY | given::INITIAL);
+        let weak_family = crossed_family == family::FUZZY;
+        (strong(crossed_given, crossed_family)
+            || (weak_given && strong(given::EXACT, crossed_family))
+            || (weak_family && strong(crossed_given, family::EXACT)))
+        .then_some((crossed_given, crossed_family))
+    };
+    crossed((&a.given_name, &b.family_name), (&a.family_name, &b.given_name))
+        .or_else(|| crossed((&a.family_name, &b.given_name), (&a.given_name, &b.family_name)))
+        .unwrap_or((given, family))
+}
+
+/// A record with no family name whose given name is the other's surnames
+/// (`santos sousa` / nothing against `adriana` / `santos sousa`): the
+/// surnames were written in the wrong field, and no given name was. Two
+/// surnames at least, since a single one is often a given name too
+/// (`martin`, `santos`).
+fn surnames_for_given_name(a: &Record, b: &Record, given: u8) -> Option<(u8, u8)> {
+    if !a.family_name.is_empty() || b.family_name.is_empty() || given != given::DIFFERENT {
+        return None;
     }
+    if significant_tokens(&a.given_name).count() < 2 {
+        return None;
+    }
+    let family = compare_family(&a.given_name, &b.family_name);
+    matches!(family, family::EXACT | family::SIMILAR).then_some((NULL, family))
 }
 
 /// Level of two given names.
@@ -746,11 +766,36 @@ mod tests {
         let h = person("oliveira", "cristobal");
         let v = compare(&g, &h);
         assert_eq!((v.level(Field::GivenName), v.level(Field::FamilyName)), (given::FUZZY, family::EXACT));
+        // The swapped record may come first, and its crossed names are
+        // compared as what they hold: `j` is the initial of `juan carlos`,
+        // `menchu` a nickname of `carmen`.
+        let i = person("cruz lozano", "j");
+        let j = person("juan carlos", "cruz lozano");
+        assert_eq!(compare_names(&i, &j), (given::INITIAL, family::EXACT));
+        assert_eq!(compare_names(&j, &i), (given::INITIAL, family::EXACT));
+        let k = person("prieto guerrero", "menchu");
+        let l = person("carmen", "prieto guerrero");
+        assert_eq!(compare_names(&k, &l), (given::NICKNAME, family::EXACT));
+        assert_eq!(compare_names(&l, &k), (given::NICKNAME, family::EXACT));
         // Two different people stay different.
         let d = person("maria", "perez");
         let v = compare(&a, &d);
         assert_eq!(v.level(Field::GivenName), given::DIFFERENT);
         assert_eq!(v.level(Field::FamilyName), family::DIFFERENT);
+    }
+
+    #[test]
+    fn surnames_written_for_the_given_name_are_the_family_name() {
+        let a = person("santos sousa", "");
+        let b = person("adriana", "santos sousa");
+        assert_eq!(compare_names(&a, &b), (NULL, family::EXACT));
+        assert_eq!(compare_names(&b, &a), (NULL, family::EXACT));
+        let c = person("caztillo rodriguez", "");
+        assert_eq!(compare_names(&c, &person("enrique", "castillo rodriguez")), (NULL, family::SIMILAR));
+        // A single word may well be a given name.
+        assert_eq!(compare_names(&person("martin", ""), &person("ana", "martin")), (given::DIFFERENT, NULL));
+        // Other surnames stay a different given name.
+        assert_eq!(compare_names(&person("ruiz ortega", ""), &person("ana", "santos sousa")), (given::DIFFERENT, NULL));
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! child, a sibling or a twin looks like a duplicate of the same person, and
 //! field-independent weights would add that agreement up as overwhelming
 //! evidence. What tells them apart is personal: the given name and the
-//! birth date (and a personal e-mail address).
+//! birth date (and a personal e-mail address or mobile number).
 //!
 //! A record contradicts another (is taken for a housemate, not the same
-//! person) unless the same e-mail vouches for it, when:
+//! person) unless the same e-mail vouches for it, or the same mobile number
+//! with a family name that is not different (a mobile is personal, a fixed
+//! line the household's; a mobile handed on to a stranger vouches for
+//! nothing), when:
 //! - the birth dates are different (a parent and child may share a given
 //!   name), unless given and family name agree (the given name exactly or
 //!   but for a typo that changes its length by at most one letter, unlike
@@ -47,9 +50,6 @@ pub fn contradicts_person(touch: &Record, profile: &Record) -> bool {
 /// [`contradicts_person`] for an already computed comparison.
 pub fn contradicts_levels(levels: ComparisonVector, touch: &Record, profile: &Record) -> bool {
     let level = |f: Field| levels.level(f);
-    if matches!(level(Field::Email), email::EXACT | email::SAME_LOCAL) {
-        return false;
-    }
     let given_level = level(Field::GivenName);
     let birth_level = level(Field::BirthDate);
     let date_agrees = matches!(
@@ -75,9 +75,25 @@ pub fn contradicts_levels(levels: ComparisonVector, touch: &Record, profile: &Re
             && (matches!(level(Field::Street), street::EXACT | street::SIMILAR)
                 || matches!(level(Field::Phone), phone::EXACT | phone::LAST7))
     };
-    (birth_level == birth_date::DIFFERENT && !same_name_at_home())
+    let contradicted = (birth_level == birth_date::DIFFERENT && !same_name_at_home())
         || (given_level == given::DIFFERENT && !(date_agrees && alike()))
-        || (family_level == family::DIFFERENT && !matches!(given_level, given::EXACT | NULL) && !date_agrees)
+        || (family_level == family::DIFFERENT && !matches!(given_level, given::EXACT | NULL) && !date_agrees);
+    // What is personal vouches: the same e-mail, or the same mobile number
+    // with the family name not different (a number the carrier gave a
+    // stranger after its first holder let it go vouches for nothing; the
+    // mobile is looked up last: it parses the number).
+    contradicted
+        && !(matches!(level(Field::Email), email::EXACT | email::SAME_LOCAL)
+            || (level(Field::Phone) == phone::EXACT && family_level != family::DIFFERENT && is_mobile(&touch.phone)))
+}
+
+/// Whether an E.164 number is a mobile one by its country's numbering
+/// plan: a mobile is personal, while a fixed line is the household's.
+/// Numbers whose plan does not tell the two apart (`FixedLineOrMobile`)
+/// are not taken for mobiles.
+pub fn is_mobile(e164: &str) -> bool {
+    phonenumber::parse(None, e164)
+        .is_ok_and(|n| n.number_type(&phonenumber::metadata::DATABASE) == phonenumber::Type::Mobile)
 }
 
 /// Years between two births from which they are taken for a parent and a
@@ -193,6 +209,45 @@ mod tests {
         let carmen = person("carmen", "sanchez ramirez", Some((1975, 7, 15)), "");
         assert!(!contradicts_person(&person("carmen", "sanchez ramirez", None, ""), &carmen));
         assert!(!contradicts_person(&person("", "sanchez ramirez", Some((1975, 7, 15)), ""), &carmen));
+    }
+
+    #[test]
+    fn the_same_mobile_vouches_but_not_the_same_landline() {
+        // A given name mistyped beyond recognition, born the same day at
+        // the same address: a twin, unless the mobile is the same.
+        let mut sara = person("sara", "herrera castillo", Some((1970, 1, 1)), "");
+        let mut zaa = person("zaa", "herrera castillo", Some((1970, 1, 1)), "");
+        assert!(contradicts_person(&zaa, &sara), "a landline is shared by the household");
+        sara.phone = "+34613109270".into();
+        zaa.phone = "+34613109270".into();
+        assert!(!contradicts_person(&zaa, &sara));
+        // Portugal's mobiles start with 9, its fixed lines with 2.
+        sara.phone = "+351962311446".into();
+        zaa.phone = "+351962311446".into();
+        assert!(!contradicts_person(&zaa, &sara));
+        sara.phone = "+351227297861".into();
+        zaa.phone = "+351227297861".into();
+        assert!(contradicts_person(&zaa, &sara));
+        // Nor does a mobile given up and handed to someone of another family.
+        let mut stranger = person("lucia", "martin ruiz", Some((1970, 1, 1)), "");
+        sara.phone = "+34613109270".into();
+        stranger.phone = "+34613109270".into();
+        assert!(contradicts_person(&stranger, &sara));
+        // A mobile one digit apart vouches for nothing.
+        zaa.phone = "+34613109271".into();
+        sara.phone = "+34613109270".into();
+        assert!(contradicts_person(&zaa, &sara));
+    }
+
+    #[test]
+    fn mobiles_are_told_from_fixed_lines_by_the_numbering_plan() {
+        assert!(is_mobile("+34612345678"));
+        assert!(is_mobile("+34712345678"));
+        assert!(is_mobile("+351912345678"));
+        assert!(!is_mobile("+34911234567"));
+        assert!(!is_mobile("+351212345678"));
+        assert!(!is_mobile(""));
+        assert!(!is_mobile("not a number"));
     }
 
     #[test]
