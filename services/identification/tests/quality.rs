@@ -253,6 +253,8 @@ async fn duplicates_arriving_one_at_a_time_are_linked_precisely() {
 #[ignore = "benchmark: run in release, see BENCHMARKS.md"]
 async fn benchmark_matching_quality() {
     let originals = std::env::var("ORIGINALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let r = run(originals, 1.0, 0.5, 2026).await;
+    // SEED=n draws another data set, to see how far the figures hold.
+    let seed = std::env::var("SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(2026);
+    let r = run(originals, 1.0, 0.5, seed).await;
     report("quality-10k", &r);
 }
