@@ -282,7 +282,9 @@ fn compare_names(a: &Record, b: &Record) -> (u8, u8) {
     if strong_given || strong_family {
         return (given, family);
     }
-    if let Some(levels) = surnames_for_given_name(a, b, given).or_else(|| surnames_for_given_name(b, a, given)) {
+    if given == given::DIFFERENT
+        && let Some(levels) = surnames_for_given_name(a, b).or_else(|| surnames_for_given_name(b, a))
+    {
         return levels;
     }
     if a.given_name.is_empty() || a.family_name.is_empty() || b.given_name.is_empty() || b.family_name.is_empty() {
@@ -327,12 +329,9 @@ fn compare_names(a: &Record, b: &Record) -> (u8, u8) {
 /// (`santos sousa` / nothing against `adriana` / `santos sousa`): the
 /// surnames were written in the wrong field, and no given name was. Two
 /// surnames at least, since a single one is often a given name too
-/// (`martin`, `santos`).
-fn surnames_for_given_name(a: &Record, b: &Record, given: u8) -> Option<(u8, u8)> {
-    if !a.family_name.is_empty() || b.family_name.is_empty() || given != given::DIFFERENT {
-        return None;
-    }
-    if significant_tokens(&a.given_name).count() < 2 {
+/// (`martin`, `santos`). For given names found different.
+fn surnames_for_given_name(a: &Record, b: &Record) -> Option<(u8, u8)> {
+    if !a.family_name.is_empty() || b.family_name.is_empty() || significant_tokens(&a.given_name).count() < 2 {
         return None;
     }
     let family = compare_family(&a.given_name, &b.family_name);
