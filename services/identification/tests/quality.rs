@@ -69,6 +69,12 @@ struct Causes {
     patterns: HashMap<String, usize>,
 }
 
+/// `SHOW_EXAMPLES=household,weight,false` prints the records of those misses
+/// (or false links); `SHOW_EXAMPLES=all` of every kind.
+fn show_examples(kind: &str) -> bool {
+    std::env::var("SHOW_EXAMPLES").is_ok_and(|v| v.split(',').any(|k| k == kind || k == "all"))
+}
+
 impl Causes {
     fn miss(&mut self, arrival: &Record, earlier: &[&Record], resp: &pb::ResolveIdentityResponse) {
         let arrival_keys = matching::blocking_keys(arrival);
@@ -94,12 +100,10 @@ impl Causes {
         if let Some(best) = earlier.last() {
             let l = levels(best);
             let pattern = format!("{cause}: {}", l.join(" "));
-            if std::env::var_os("SHOW_EXAMPLES").is_some() && cause == "household" {
+            if show_examples(cause) {
                 // Generated records only: the values are synthetic.
-                println!(
-                    "  household: {:?} {:?} | {:?} {:?}",
-                    arrival.given_name, arrival.birth_date, best.given_name, best.birth_date
-                );
+                let weight = resp.explanation.as_ref().map_or(0.0, |e| e.total_weight);
+                println!("  {cause} (best weight {weight:.1}): {arrival:?} | {best:?}");
             }
             *self.patterns.entry(pattern).or_default() += 1;
         }
@@ -110,7 +114,7 @@ impl Causes {
         let levels = matching::Field::ALL.map(|f| v.level_name(f));
         let pattern = format!("false link ({method}): {}", levels.join(" "));
         *self.patterns.entry(pattern).or_default() += 1;
-        if std::env::var_os("SHOW_EXAMPLES").is_some() {
+        if show_examples("false") {
             // Generated records only: the values are synthetic.
             println!("  false link ({method}): {arrival:?} | {other:?}");
         }
@@ -156,7 +160,8 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
         let mut req = request(r);
         let mut answer = client.resolve_identity(req.clone()).await;
         if let Err(status) = &answer {
-            // As a loader would: drop the identifiers refused, keep the rest.
+            // As a loader would: drop the identifiers and the birth date
+            // refused (a corrupted date that is no calendar date), keep the rest.
             let bad: Vec<String> = crm_runtime::error::field_violations(status).into_iter().map(|(f, _)| f).collect();
             let before = req.identifiers.len();
             let kept: Vec<pb::Identifier> = std::mem::take(&mut req.identifiers)
@@ -166,7 +171,11 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
                 .map(|(_, id)| id)
                 .collect();
             req.identifiers = kept;
-            if req.identifiers.len() < before {
+            let bad_date = bad.iter().any(|f| f == "attributes.birth_date");
+            if bad_date && let Some(attributes) = req.attributes.as_mut() {
+                attributes.birth_date = None;
+            }
+            if req.identifiers.len() < before || bad_date {
                 if req.identifiers.is_empty() {
                     req.identifiers.push(pb::Identifier {
                         r#type: IdentifierType::Cookie as i32,
@@ -206,7 +215,12 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
                 truth.push(cluster);
                 predicted.push(n);
             }
-            Err(_) => rejected += 1,
+            Err(status) => {
+                if show_examples("rejected") {
+                    println!("  rejected: {} {:?}", status.message(), crm_runtime::error::field_violations(&status));
+                }
+                rejected += 1;
+            }
         }
     };
     for &(_, item) in &base {

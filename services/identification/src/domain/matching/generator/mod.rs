@@ -579,6 +579,7 @@ impl Generator {
         record.locality = locality.name.to_string();
     }
 
+    /// A new number of the language's country, a mobile three times in four.
     fn phone(&mut self, lang: Lang) -> String {
         loop {
             let mobile = self.rng.chance(0.75);
@@ -592,7 +593,10 @@ impl Generator {
                 }
                 (_, false) => format!("+349{:08}", self.rng.below(100_000_000)),
             };
-            if self.phones.insert(phone.clone()) {
+            // Only numbers the numbering plan assigns: people give their
+            // real number, and the service refuses the others.
+            let assigned = phonenumber::parse(None, &phone).is_ok_and(|n| phonenumber::is_valid(&n));
+            if assigned && self.phones.insert(phone.clone()) {
                 return phone;
             }
         }
@@ -990,6 +994,12 @@ mod tests {
                 r.phone.is_empty()
                     || (r.phone.starts_with("+34") && r.phone.len() == 12)
                     || (r.phone.starts_with("+351") && r.phone.len() == 13),
+                "{}",
+                r.phone
+            );
+            // An original's number is one its numbering plan assigns.
+            assert!(
+                r.phone.is_empty() || phonenumber::parse(None, &r.phone).is_ok_and(|n| phonenumber::is_valid(&n)),
                 "{}",
                 r.phone
             );
