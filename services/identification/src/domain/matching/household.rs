@@ -17,9 +17,10 @@
 //!   years are less than a generation apart: housemates do not share a
 //!   full name unless they are a father and a son, so that is one person
 //!   with a mistyped birth date;
-//! - the family names are different, the given names not identical and
-//!   the birth dates do not agree (a spouse called `maria` beside
-//!   `mariana`);
+//! - the family names are different, the given names not identical (or
+//!   one missing) and the birth dates do not agree (a spouse called `maria`
+//!   beside `mariana`; someone of another surname known only by the
+//!   address, which is the household's);
 //! - or the given names are different, unless the birth date pins the
 //!   person down and the names still look alike: the dates agree (exactly,
 //!   with day and month transposed, in year and month, or with one digit
@@ -29,7 +30,7 @@
 //!   twins bear names that differ from the first letter (`ana` / `beatriz`)
 //!   or throughout (`marta` / `merce`).
 //!
-//! A missing value contradicts nothing.
+//! A missing value contradicts nothing by itself.
 
 use super::{
     Record,
@@ -77,7 +78,7 @@ pub fn contradicts_levels(levels: ComparisonVector, touch: &Record, profile: &Re
     };
     let contradicted = (birth_level == birth_date::DIFFERENT && !same_name_at_home())
         || (given_level == given::DIFFERENT && !(date_agrees && alike()))
-        || (family_level == family::DIFFERENT && !matches!(given_level, given::EXACT | NULL) && !date_agrees);
+        || (family_level == family::DIFFERENT && given_level != given::EXACT && !date_agrees);
     // What is personal vouches: the same e-mail, or the same mobile number
     // with the family name not different (a number the carrier gave a
     // stranger after its first holder let it go vouches for nothing; the
@@ -202,6 +203,19 @@ mod tests {
         assert!(!contradicts_person(&person("maria", "lourenco santos", None, ""), &maria));
         let born = person("maria", "ferreira", Some((1980, 2, 3)), "");
         assert!(!contradicts_person(&person("mariana", "lourenco santos", Some((1980, 2, 3)), ""), &born));
+    }
+
+    #[test]
+    fn someone_of_another_surname_known_only_by_the_address_is_someone_else() {
+        let head = person("juan", "garcia lopez", Some((1970, 3, 4)), "");
+        // No given name and no birth date: the address and the landline
+        // are the household's.
+        assert!(contradicts_person(&person("", "martin ruiz", None, ""), &head));
+        assert!(contradicts_person(&person("", "martin ruiz", Some((1972, 8, 19)), ""), &head));
+        // A birth date that agrees, or the same e-mail, is personal.
+        assert!(!contradicts_person(&person("", "martin ruiz", Some((1970, 3, 4)), ""), &head));
+        let with_mail = person("juan", "garcia lopez", None, "jgl@example.com");
+        assert!(!contradicts_person(&person("", "martin ruiz", None, "jgl@example.com"), &with_mail));
     }
 
     #[test]
