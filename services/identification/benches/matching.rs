@@ -32,7 +32,7 @@ fn train_once(records: &[Record]) -> VectorCounts {
     let start = Instant::now();
     let with_u = estimate_u(&default_model(), records, options.u_samples, options.seed, options.threads);
     let u_time = start.elapsed();
-    let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads);
+    let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
     let pairs_time = start.elapsed() - u_time;
     let mut trained = train_sessions(&with_u, &vectors, options.max_iterations);
     if let Some((link, review)) = options.calibration {

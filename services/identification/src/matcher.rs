@@ -647,14 +647,13 @@ impl Matcher {
 pub async fn train(store: &Store, matcher: &Matcher, max_pairs: i64) -> Result<pb::TrainMatcherResponse, RuntimeError> {
     let (_, base) = matcher.active(store.conn()).await?;
     let records = crate::store::all_records(store).await?;
+    let max_pairs = (max_pairs > 0).then(|| usize::try_from(max_pairs).unwrap_or(usize::MAX));
     let options = matching::TrainingOptions {
         // Random pairs for u: enough to see every level, scaled to the data
         // (a small base has few distinct pairs), unless the caller says.
-        u_samples: if max_pairs > 0 {
-            usize::try_from(max_pairs).unwrap_or(usize::MAX)
-        } else {
-            records.len().saturating_mul(50).clamp(10_000, 1_000_000)
-        },
+        u_samples: max_pairs.unwrap_or_else(|| records.len().saturating_mul(50).clamp(10_000, 1_000_000)),
+        // Candidate pairs: a sample of them beyond the cap.
+        max_candidate_pairs: max_pairs.unwrap_or(matching::MAX_CANDIDATE_PAIRS),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..Default::default()
     };

@@ -338,6 +338,23 @@ struct Blocks {
 /// Flag on the kind of a key whose block is too large to use.
 const OVERSIZED: u8 = 0x80;
 
+/// The [`pair_hash`] bound that keeps every pair.
+const ALL_PAIRS: u64 = u64::MAX;
+
+/// Pairs of the blocks visited to estimate how many distinct pairs they hold.
+const PILOT_PAIRS: usize = 1_000_000;
+
+/// The [`pair_hash`] bound below which about `n` of `of` pairs fall.
+fn hash_bound(n: u128, of: u128) -> u64 {
+    u64::try_from(n * u128::from(u64::MAX) / of.max(1)).unwrap_or(ALL_PAIRS)
+}
+
+/// A hash of a pair of record positions `i < j`, uniform over `u64`: the
+/// sampling of [`candidate_vectors_by_kind`] keeps the pairs below a bound.
+fn pair_hash(i: u32, j: u32) -> u64 {
+    mix64((u64::from(i) << 32 | u64::from(j)) ^ 0x5851_f42d_4c95_7f2d)
+}
+
 impl Blocks {
     fn build(records: &[Record], max_block: usize, threads: usize) -> Blocks {
         let keys = hashed_keys(records, threads);
@@ -419,19 +436,45 @@ impl Blocks {
     }
 
     /// Visit the pairs of the runs `t, t + step, t + 2·step, …`, each pair
-    /// once overall (from the first key it shares), with the kind of that key.
-    fn visit(&self, t: usize, step: usize, mut visit: impl FnMut(u32, u32, u8)) {
+    /// once overall (from the first key it shares), with the kind of that key;
+    /// only the pairs whose [`pair_hash`] is at most `keep` ([`ALL_PAIRS`]:
+    /// every pair).
+    fn visit(&self, t: usize, step: usize, keep: u64, mut visit: impl FnMut(u32, u32, u8)) {
         for &(start, end, kind) in self.runs.iter().skip(t).step_by(step.max(1)) {
             let run = &self.entries[start..end];
             let hash = run[0].0;
             for (k, &(_, i)) in run.iter().enumerate() {
                 for &(_, j) in &run[k + 1..] {
-                    if self.is_canonical(hash, i, j) {
-                        visit(i.min(j), i.max(j), kind);
+                    let (i, j) = (i.min(j), i.max(j));
+                    if (keep == ALL_PAIRS || pair_hash(i, j) <= keep) && self.is_canonical(hash, i, j) {
+                        visit(i, j, kind);
                     }
                 }
             }
         }
+    }
+
+    /// The [`pair_hash`] bound that keeps about `max_pairs` distinct pairs
+    /// ([`ALL_PAIRS`] when there are no more). A pair sharing several keys
+    /// is in several blocks, so how many distinct pairs the blocks hold is
+    /// estimated from a pilot sample of about [`PILOT_PAIRS`] of them.
+    fn keep_at_most(&self, max_pairs: usize) -> u64 {
+        let in_blocks: u128 = self
+            .runs
+            .iter()
+            .map(|&(start, end, _)| {
+                let n = (end - start) as u128;
+                n * (n - 1) / 2
+            })
+            .sum();
+        if in_blocks <= max_pairs as u128 {
+            return ALL_PAIRS;
+        }
+        let pilot = hash_bound(PILOT_PAIRS.min(max_pairs) as u128, in_blocks);
+        let mut seen: u128 = 0;
+        self.visit(0, 1, pilot, |_, _, _| seen += 1);
+        let distinct = seen * u128::from(u64::MAX) / u128::from(pilot.max(1));
+        if distinct <= max_pairs as u128 { ALL_PAIRS } else { hash_bound(max_pairs as u128, distinct) }
     }
 
     /// Count comparison vectors on `threads` threads, comparing every pair
@@ -439,14 +482,14 @@ impl Blocks {
     /// that kind), then one set per key kind of the pairs whose first shared
     /// key is of that kind (so every pair once); otherwise only the set of
     /// all pairs.
-    fn count(&self, records: &[Record], threads: usize, per_kind: bool) -> Vec<VectorCounts> {
+    fn count(&self, records: &[Record], threads: usize, per_kind: bool, keep: u64) -> Vec<VectorCounts> {
         let threads = threads.clamp(1, 64);
         let kinds = KeyKind::ALL.len();
         let slots = if per_kind { 2 * kinds } else { 1 };
         let work = |t: usize| {
             let mut counts = vec![VectorCounts::new(); slots];
             // Every pair once (from its first shared key), compared once.
-            self.visit(t, threads, |i, j, first| {
+            self.visit(t, threads, keep, |i, j, first| {
                 let v = compare(&records[i as usize], &records[j as usize]);
                 if per_kind {
                     let shared = self.shared_kinds(i, j);
@@ -486,7 +529,7 @@ impl Blocks {
 pub fn candidate_pairs(records: &[Record], max_block: usize) -> Vec<(u32, u32)> {
     let blocks = Blocks::build(records, max_block, 1);
     let mut pairs = Vec::new();
-    blocks.visit(0, 1, |i, j, _| pairs.push((i, j)));
+    blocks.visit(0, 1, ALL_PAIRS, |i, j, _| pairs.push((i, j)));
     pairs.sort_unstable();
     pairs
 }
@@ -496,7 +539,7 @@ pub fn candidate_pairs(records: &[Record], max_block: usize) -> Vec<(u32, u32)> 
 /// [`super::train_counts`].
 pub fn candidate_vectors(records: &[Record], max_block: usize, threads: usize) -> VectorCounts {
     let blocks = Blocks::build(records, max_block, threads);
-    blocks.count(records, threads, false).pop().unwrap_or_default()
+    blocks.count(records, threads, false, ALL_PAIRS).pop().unwrap_or_default()
 }
 
 /// Candidate comparison vectors by the kind of key that selected them.
@@ -523,10 +566,21 @@ impl CandidateVectors {
 }
 
 /// The comparison vectors of the candidate pairs, per key kind and overall,
-/// computed on `threads` threads with one comparison per pair.
-pub fn candidate_vectors_by_kind(records: &[Record], max_block: usize, threads: usize) -> CandidateVectors {
+/// computed on `threads` threads with one comparison per pair. When the
+/// blocks hold more than about `max_pairs` pairs, a uniform sample of about
+/// that many: each pair is kept or left out by a hash of the two records'
+/// positions alone, whichever key it is found by, so every kind's share of
+/// levels (and of matches) is estimated without bias, and training time is
+/// bounded however large the base grows.
+pub fn candidate_vectors_by_kind(
+    records: &[Record],
+    max_block: usize,
+    threads: usize,
+    max_pairs: usize,
+) -> CandidateVectors {
     let blocks = Blocks::build(records, max_block, threads);
-    let mut by_kind = blocks.count(records, threads, true);
+    let keep = blocks.keep_at_most(max_pairs);
+    let mut by_kind = blocks.count(records, threads, true, keep);
     let by_first_kind = by_kind.split_off(KeyKind::ALL.len());
     CandidateVectors {
         by_kind: KeyKind::ALL.into_iter().zip(by_kind).collect(),
@@ -653,7 +707,7 @@ mod tests {
         assert_eq!(pairs, vec![(0, 1), (0, 3), (1, 3)]);
         let counts = candidate_vectors(&records, DEFAULT_MAX_BLOCK, 2);
         assert_eq!(counts.total(), 3);
-        let vectors = candidate_vectors_by_kind(&records, DEFAULT_MAX_BLOCK, 1);
+        let vectors = candidate_vectors_by_kind(&records, DEFAULT_MAX_BLOCK, 1, usize::MAX);
         assert_eq!(vectors.all(), counts);
         let by_kind = vectors.by_kind;
         assert_eq!(by_kind.len(), KeyKind::ALL.len());

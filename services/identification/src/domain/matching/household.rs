@@ -34,7 +34,7 @@
 
 use super::{
     Record,
-    compare::{ComparisonVector, Field, NULL, birth_date, compare, email, family, given, phone, street},
+    compare::{ComparisonVector, Field, birth_date, compare, email, family, given, phone, street},
     text::{first_significant_letter, jaro_winkler},
 };
 

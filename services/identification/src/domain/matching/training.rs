@@ -24,6 +24,10 @@ use super::rng::SplitMix64;
 pub struct TrainingOptions {
     /// Random pairs compared to estimate `u`.
     pub u_samples: usize,
+    /// Candidate pairs compared for `m` and the prior at most (about): a
+    /// uniform sample of them when blocking yields more (see
+    /// [`candidate_vectors_by_kind`]).
+    pub max_candidate_pairs: usize,
     /// Blocks larger than this are skipped (see [`DEFAULT_MAX_BLOCK`]).
     pub max_block: usize,
     /// EM iteration cap.
@@ -44,6 +48,10 @@ pub struct TrainingOptions {
 pub const LINK_PROBABILITY: f64 = 0.9999;
 /// Default review probability of [`TrainingOptions::calibration`].
 pub const REVIEW_PROBABILITY: f64 = 0.99;
+/// Default of [`TrainingOptions::max_candidate_pairs`]: millions of
+/// pairs estimate the few dozen `m` values as well as all of them do, and a
+/// base of a million people yields some thirty million.
+pub const MAX_CANDIDATE_PAIRS: usize = 8_000_000;
 /// Calibrated link threshold is never below this many bits.
 pub const MIN_UPPER: f64 = 10.0;
 /// Calibrated review threshold is never below this many bits.
@@ -53,6 +61,7 @@ impl Default for TrainingOptions {
     fn default() -> Self {
         TrainingOptions {
             u_samples: 1_000_000,
+            max_candidate_pairs: MAX_CANDIDATE_PAIRS,
             max_block: DEFAULT_MAX_BLOCK,
             max_iterations: 1000,
             threads: 1,
@@ -130,7 +139,7 @@ pub fn estimate_u(model: &MatchModel, records: &[Record], samples: usize, seed: 
 /// frequencies of `records` ([`NameFrequencies::count`]).
 pub fn train_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> Trained {
     let with_u = estimate_u(model, records, options.u_samples, options.seed, options.threads);
-    let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads);
+    let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
     let mut trained = train_sessions(&with_u, &vectors, options.max_iterations);
     trained.model.frequencies = NameFrequencies::count(records);
     if let Some((link, review)) = options.calibration
@@ -259,5 +268,38 @@ mod tests {
         assert!(trained.model.lower <= trained.model.upper);
         // Too few records: unchanged.
         assert_eq!(estimate_u(&default_model(), &records[..1], 10, 1, 1), default_model());
+    }
+
+    #[test]
+    fn a_sample_of_the_candidate_pairs_estimates_what_all_of_them_do() {
+        let records: Vec<Record> = generate(10_000, 1.0, 5).into_iter().map(|(_, r)| r).collect();
+        let options = TrainingOptions { u_samples: 50_000, threads: 2, ..TrainingOptions::default() };
+        let all = train_on_records(&default_model(), &records, &options);
+        let cap = all.pair_count as usize / 2;
+        let half = TrainingOptions { max_candidate_pairs: cap, ..options.clone() };
+        let sampled = train_on_records(&default_model(), &records, &half);
+        let compared = sampled.pair_count as usize;
+        assert!(compared.abs_diff(cap) < cap / 10, "{compared} of {}", all.pair_count);
+        let mut largest = 0.0f64;
+        for (a, b) in all.model.fields.iter().zip(&sampled.model.fields) {
+            assert_eq!(a.u, b.u, "the same random pairs");
+            for (x, y) in a.m.iter().zip(&b.m) {
+                largest = largest.max((x - y).abs());
+            }
+        }
+        println!("largest difference of an m: {largest}");
+        assert!(largest < 0.02, "{largest}");
+        assert!(
+            (sampled.model.lambda / all.model.lambda - 1.0).abs() < 0.1,
+            "{} {}",
+            sampled.model.lambda,
+            all.model.lambda
+        );
+        assert!((sampled.model.upper - all.model.upper).abs() < 0.5);
+        // The same sample every time.
+        assert_eq!(train_on_records(&default_model(), &records, &half).pair_count, sampled.pair_count);
+        // Without a cap, as under the default one: every pair.
+        let uncapped = TrainingOptions { max_candidate_pairs: usize::MAX, ..options };
+        assert_eq!(train_on_records(&default_model(), &records, &uncapped).pair_count, all.pair_count);
     }
 }
