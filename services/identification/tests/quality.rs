@@ -63,8 +63,9 @@ struct Causes {
     below_threshold: usize,
     /// Of which sent to review.
     reviewed: usize,
-    /// Linked to someone else's profile, by method.
-    false_links: HashMap<&'static str, usize>,
+    /// Linked to someone else's profile, by method and by phase (the base
+    /// resolved with the built-in model, or the arrivals after training).
+    false_links: HashMap<String, usize>,
     /// Level patterns of the misses, most frequent first when printed.
     patterns: HashMap<String, usize>,
 }
@@ -156,7 +157,10 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
     let mut causes = Causes::default();
     let mut seen: HashMap<u64, (Vec<&Record>, Vec<u64>)> = HashMap::new();
     let mut profile_records: HashMap<u64, Vec<&Record>> = HashMap::new();
-    let mut resolve = async |r: &'static Record, cluster: u64, client: &mut IdentificationServiceClient<_>| {
+    let mut resolve = async |r: &'static Record,
+                             cluster: u64,
+                             phase: &'static str,
+                             client: &mut IdentificationServiceClient<_>| {
         let mut req = request(r);
         let mut answer = client.resolve_identity(req.clone()).await;
         if let Err(status) = &answer {
@@ -204,7 +208,7 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
                         Some(pb::MatchMethod::Probabilistic) => "probabilistic",
                         _ => "other",
                     };
-                    *causes.false_links.entry(method).or_default() += 1;
+                    *causes.false_links.entry(format!("{method}, {phase}")).or_default() += 1;
                     if let Some(other) = profile_records.get(&n).and_then(|v| v.last()) {
                         causes.false_link(r, other, method);
                     }
@@ -224,7 +228,7 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
         }
     };
     for &(_, item) in &base {
-        resolve(&item.1, item.0, &mut client).await;
+        resolve(&item.1, item.0, "base", &mut client).await;
     }
     let trained = client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap().into_inner();
     println!(
@@ -232,7 +236,7 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
         trained.matcher_version, trained.converged, trained.iterations, trained.pair_count
     );
     for &(_, item) in &arrivals {
-        resolve(&item.1, item.0, &mut client).await;
+        resolve(&item.1, item.0, "arrivals", &mut client).await;
     }
     Run { metrics: matching::pairwise_metrics(&truth, &predicted), records: data.len(), reviews, rejected, causes }
 }

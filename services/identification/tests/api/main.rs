@@ -931,7 +931,8 @@ fn touch(
         channel: Channel::Store as i32,
         attributes: Some(pb::ProfileAttributes {
             name: Some(pb::PersonName { given_name: given.into(), family_name: family.into(), ..Default::default() }),
-            birth_date: Some(Date { year: born.0, month: born.1, day: born.2 }),
+            // Year 0: no birth date given.
+            birth_date: (born.0 != 0).then_some(Date { year: born.0, month: born.1, day: born.2 }),
             address: Some(pb::PostalAddress {
                 lines: vec![street.into()],
                 postal_code: postcode.into(),

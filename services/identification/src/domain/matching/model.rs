@@ -151,8 +151,11 @@ fn field_model(field: Field, m: &[f64], u: &[f64]) -> FieldModel {
 /// 100,000 originals, [`super::train_on_records`]), `u` from random pairs of
 /// the same data with the identifier levels (phone, e-mail, exact street
 /// and birth date) set for a base of about a million people, rounded.
-/// Links from 14 bits of evidence, reviews from 6 (see
-/// [`MatchModel::upper`]).
+/// Links from 17 bits of evidence, reviews from 6 (see
+/// [`MatchModel::upper`]). This model has no name frequencies, so an exact
+/// full name counts alike for the commonest and the rarest; 17 bits are
+/// more than a full name and a town, which namesakes share in a large base
+/// loaded before the first training.
 pub fn default_model() -> MatchModel {
     MatchModel {
         fields: [
@@ -174,7 +177,7 @@ pub fn default_model() -> MatchModel {
             field_model(Field::Email, &[0.777, 0.009, 0.086, 0.128], &[0.000002, 0.000001, 0.0002, 0.999797]),
         ],
         lambda: 0.3,
-        upper: 14.0,
+        upper: 17.0,
         lower: 6.0,
         frequencies: NameFrequencies::default(),
     }
