@@ -153,9 +153,9 @@ fn field_model(field: Field, m: &[f64], u: &[f64]) -> FieldModel {
 /// and birth date) set for a base of about a million people, rounded.
 /// Links from 17 bits of evidence, reviews from 6 (see
 /// [`MatchModel::upper`]). This model has no name frequencies, so an exact
-/// full name counts alike for the commonest and the rarest; 17 bits are
-/// more than a full name and a town, which namesakes share in a large base
-/// loaded before the first training.
+/// full name counts alike for the commonest and the rarest: 17 bits are
+/// more than an exact full name alone (16.7), which namesakes share in a
+/// large base loaded before the first training.
 pub fn default_model() -> MatchModel {
     MatchModel {
         fields: [
