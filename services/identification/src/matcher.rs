@@ -97,6 +97,23 @@ pub fn touchpoint_of(r: &Record) -> (Vec<pb::Identifier>, pb::ProfileAttributes)
     (identifiers, attributes)
 }
 
+/// [`touchpoint_of`] as the service accepts it, the way a touchpoint or a
+/// loader sends what it captured: without a birth date that is no calendar
+/// date (a corrupted one) and without the e-mail or phone that is not valid
+/// in `region` (a corrupted phone may no longer be a number). Empty
+/// identifiers when neither is left.
+pub fn accepted_touchpoint_of(r: &Record, region: &str) -> (Vec<pb::Identifier>, pb::ProfileAttributes) {
+    let (mut identifiers, mut attributes) = touchpoint_of(r);
+    if attributes.birth_date.as_ref().is_some_and(|d| !crate::conversions::is_plausible_birth_date(d)) {
+        attributes.birth_date = None;
+    }
+    identifiers.retain(|i| {
+        let kind = IdentifierType::try_from(i.r#type).unwrap_or(IdentifierType::Unspecified);
+        crate::domain::normalize(kind, "", &i.value, region).is_ok()
+    });
+    (identifiers, attributes)
+}
+
 /// Whether a record says enough about a person to be matched on: a name
 /// (given or family) and, all told, at least three facts (a missing given
 /// or family name is a common gap in a real base).

@@ -22,8 +22,13 @@ use crm_runtime::{
     testing::TestServer,
 };
 
+/// The region of the test server's phone numbers without a country code.
+const REGION: &str = "ES";
+
+/// What a touchpoint of `r` sends, as a loader would: what the service
+/// accepts of it (no corrupted birth date, no identifier that is not valid).
 fn request(r: &Record) -> pb::ResolveIdentityRequest {
-    let (mut identifiers, attributes) = crm_identification::matcher::touchpoint_of(r);
+    let (mut identifiers, attributes) = crm_identification::matcher::accepted_touchpoint_of(r, REGION);
     if identifiers.is_empty() {
         // A touchpoint always carries something; here a per-visit cookie,
         // which identifies no one.
@@ -161,35 +166,7 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
                              cluster: u64,
                              phase: &'static str,
                              client: &mut IdentificationServiceClient<_>| {
-        let mut req = request(r);
-        let mut answer = client.resolve_identity(req.clone()).await;
-        if let Err(status) = &answer {
-            // As a loader would: drop the identifiers and the birth date
-            // refused (a corrupted date that is no calendar date), keep the rest.
-            let bad: Vec<String> = crm_runtime::error::field_violations(status).into_iter().map(|(f, _)| f).collect();
-            let before = req.identifiers.len();
-            let kept: Vec<pb::Identifier> = std::mem::take(&mut req.identifiers)
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| !bad.contains(&format!("identifiers[{i}]")))
-                .map(|(_, id)| id)
-                .collect();
-            req.identifiers = kept;
-            let bad_date = bad.iter().any(|f| f == "attributes.birth_date");
-            if bad_date && let Some(attributes) = req.attributes.as_mut() {
-                attributes.birth_date = None;
-            }
-            if req.identifiers.len() < before || bad_date {
-                if req.identifiers.is_empty() {
-                    req.identifiers.push(pb::Identifier {
-                        r#type: IdentifierType::Cookie as i32,
-                        value: crm_runtime::ids::new_id(),
-                        namespace: String::new(),
-                    });
-                }
-                answer = client.resolve_identity(req).await;
-            }
-        }
+        let answer = client.resolve_identity(request(r)).await;
         match answer {
             Ok(resp) => {
                 let resp = resp.into_inner();

@@ -48,20 +48,11 @@ impl People {
 /// in-process services' default).
 const REGION: &str = "ES";
 
-/// What a touchpoint of `r` sends: its attributes, without a birth date
-/// that is no calendar date (a corrupted one; a touchpoint would not
-/// capture it), and its e-mail and phone when they are valid (a corrupted
-/// phone may no longer be a number), or a per-visit cookie (which
-/// identifies no one) when it has neither.
+/// What a touchpoint of `r` sends: what the service accepts of it
+/// ([`crm_identification::matcher::accepted_touchpoint_of`]), or a per-visit
+/// cookie (which identifies no one) when it has neither e-mail nor phone.
 fn touchpoint(r: &Record, visit: u64) -> (Vec<pb::Identifier>, pb::ProfileAttributes) {
-    let (mut identifiers, mut attributes) = crm_identification::matcher::touchpoint_of(r);
-    if attributes.birth_date.as_ref().is_some_and(|d| !crm_identification::conversions::is_plausible_birth_date(d)) {
-        attributes.birth_date = None;
-    }
-    identifiers.retain(|i| {
-        let kind = IdentifierType::try_from(i.r#type).unwrap_or(IdentifierType::Unspecified);
-        crm_identification::domain::normalize(kind, "", &i.value, REGION).is_ok()
-    });
+    let (mut identifiers, attributes) = crm_identification::matcher::accepted_touchpoint_of(r, REGION);
     if identifiers.is_empty() {
         identifiers.push(pb::Identifier {
             r#type: IdentifierType::Cookie as i32,

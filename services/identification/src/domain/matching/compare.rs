@@ -277,9 +277,9 @@ fn name_derived_local(local: &str, a: &Record, b: &Record) -> bool {
 fn compare_names(a: &Record, b: &Record) -> (u8, u8) {
     let given = compare_given(&a.given_name, &b.given_name);
     let family = compare_family(&a.family_name, &b.family_name);
-    let strong_given = matches!(given, given::EXACT | given::SIMILAR | given::NICKNAME);
-    let strong_family = matches!(family, family::EXACT | family::SIMILAR | family::ONE_SURNAME);
-    if strong_given || strong_family {
+    let strong_given = |g: u8| matches!(g, given::EXACT | given::SIMILAR | given::NICKNAME);
+    let strong_family = |f: u8| matches!(f, family::EXACT | family::SIMILAR | family::ONE_SURNAME);
+    if strong_given(given) || strong_family(family) {
         return (given, family);
     }
     if given == given::DIFFERENT
@@ -300,10 +300,7 @@ fn compare_names(a: &Record, b: &Record) -> (u8, u8) {
     if first(&a.given_name) != first(&b.family_name) && first(&a.family_name) != first(&b.given_name) {
         return (given, family);
     }
-    let strong = |g: u8, f: u8| {
-        matches!(g, given::EXACT | given::SIMILAR | given::NICKNAME)
-            && matches!(f, family::EXACT | family::SIMILAR | family::ONE_SURNAME)
-    };
+    let strong = |g: u8, f: u8| strong_given(g) && strong_family(f);
     // Either record may be the swapped one: the given names are then
     // `a`'s given and `b`'s family field, or `a`'s family and `b`'s given
     // field, each pair compared as what it holds.
