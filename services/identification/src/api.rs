@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     conversions::{IdentifiersCommand, ProfileQuery, ResolveCommand, UpdateCommand},
-    matcher::Matcher,
+    matcher::{GrowthTraining, Matcher},
     store,
 };
 
@@ -43,13 +43,31 @@ pub struct IdentificationApi {
     shutdown: Shutdown,
     default_region: String,
     matcher: Matcher,
+    /// Retraining as resolves and imports grow the base (`None`: off).
+    growth: Option<Arc<GrowthTraining>>,
 }
 
 impl IdentificationApi {
     /// A service over `store`; phones without a country code are read in
-    /// `default_region`; feeds end on `shutdown`.
-    pub fn new(store: Store, shutdown: Shutdown, default_region: String) -> Self {
-        IdentificationApi { store, shutdown, default_region, matcher: Matcher::default() }
+    /// `default_region`; feeds end on `shutdown`; the matcher retrains
+    /// from `train_from_records` kept records on, whenever they double.
+    pub fn new(store: Store, shutdown: Shutdown, default_region: String, train_from_records: Option<u64>) -> Self {
+        let growth = train_from_records.map(|from| Arc::new(GrowthTraining::new(from)));
+        IdentificationApi { store, shutdown, default_region, matcher: Matcher::default(), growth }
+    }
+
+    /// Note a resolve's outcome: a profile it created grows the base, and
+    /// at the next training mark the matcher retrains in the background.
+    fn grown(&self, r: &pb::ResolveIdentityResponse) {
+        if let Some(growth) = self.growth.as_ref().filter(|g| r.created && g.grew(1)) {
+            growth.refit_in_background_if_due(&self.store, &self.matcher);
+        }
+    }
+
+    /// Count an imported record's outcome, and note it (see [`Self::grown`]).
+    fn tally(&self, counts: &mut pb::ImportProfilesResponse, r: &pb::ResolveIdentityResponse) {
+        count(counts, r);
+        self.grown(r);
     }
 }
 
@@ -62,6 +80,7 @@ impl IdentificationService for IdentificationApi {
     ) -> Result<Response<pb::ResolveIdentityResponse>, Status> {
         let cmd = ResolveCommand::from_request(request.into_inner(), &self.default_region)?;
         let response = store::resolve(&self.store, &self.matcher, Arc::new(cmd)).await?;
+        self.grown(&response);
         let span = tracing::Span::current();
         span.record("profile_id", response.profile.as_ref().map(|p| p.id.as_str()).unwrap_or_default());
         span.record("created", response.created);
@@ -235,18 +254,18 @@ impl IdentificationService for IdentificationApi {
             let mut resolve = Box::pin(async move { store::resolve_in_order(&store, &matcher, Arc::new(cmd)).await });
             // The first poll queues the write.
             if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(resolve.as_mut().poll(cx))).await {
-                count(&mut counts, &r?);
+                self.tally(&mut counts, &r?);
                 continue;
             }
             in_flight.push_back(resolve);
             if in_flight.len() >= IMPORT_IN_FLIGHT
                 && let Some(oldest) = in_flight.pop_front()
             {
-                count(&mut counts, &oldest.await?);
+                self.tally(&mut counts, &oldest.await?);
             }
         }
         for resolve in in_flight {
-            count(&mut counts, &resolve.await?);
+            self.tally(&mut counts, &resolve.await?);
         }
         let span = tracing::Span::current();
         span.record("created", counts.created_count);

@@ -39,7 +39,12 @@ pub async fn start(settings: &Settings, shutdown: Shutdown) -> Result<Running, S
     if let Some(every) = settings.matcher_train_every {
         matcher::schedule_training(store.clone(), every, shutdown.clone());
     }
-    let api = api::IdentificationApi::new(store, shutdown.clone(), settings.default_region.clone());
+    let api = api::IdentificationApi::new(
+        store,
+        shutdown.clone(),
+        settings.default_region.clone(),
+        settings.matcher_train_from_records,
+    );
     let service = IdentificationServiceServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);

@@ -662,6 +662,25 @@ impl Matcher {
 /// Train a new matcher version on every live profile; activate it when it
 /// converged (a fit that did not converge is kept, inactive, for review).
 pub async fn train(store: &Store, matcher: &Matcher, max_pairs: i64) -> Result<pb::TrainMatcherResponse, RuntimeError> {
+    fit(store, matcher, max_pairs, Fit::Train).await
+}
+
+/// What a new matcher version re-estimates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// Everything ([`matching::train_on_records`]).
+    Train,
+    /// `u` and the name frequencies ([`matching::refresh_on_records`]).
+    Refresh,
+}
+
+/// A new matcher version fitted (`how`) on every live profile's records.
+async fn fit(
+    store: &Store,
+    matcher: &Matcher,
+    max_pairs: i64,
+    how: Fit,
+) -> Result<pb::TrainMatcherResponse, RuntimeError> {
     let (_, base) = matcher.active(store.conn()).await?;
     let records = crate::store::all_records(store).await?;
     let max_pairs = (max_pairs > 0).then(|| usize::try_from(max_pairs).unwrap_or(usize::MAX));
@@ -675,15 +694,28 @@ pub async fn train(store: &Store, matcher: &Matcher, max_pairs: i64) -> Result<p
         ..Default::default()
     };
     let base = (*base).clone();
+    let record_count = records.len() as i64;
     // Training runs on its own thread and stores its model even if the
     // caller gives up waiting.
     let store = store.clone();
     let matcher = matcher.clone();
     tokio::spawn(async move {
-        let trained = tokio::task::spawn_blocking(move || matching::train_on_records(&base, &records, &options))
-            .await
-            .map_err(|e| RuntimeError::Internal(format!("training task failed: {e}")))?;
-        save_trained(&store, &matcher, trained).await
+        let trained = tokio::task::spawn_blocking(move || match how {
+            Fit::Train => matching::train_on_records(&base, &records, &options),
+            Fit::Refresh => matching::Trained {
+                model: matching::refresh_on_records(&base, &records, &options),
+                converged: true,
+                iterations: 0,
+                pair_count: options.u_samples.min(records.len().saturating_mul(records.len().saturating_sub(1)) / 2)
+                    as u64,
+                distinct_vectors: 0,
+                log_likelihood: 0.0,
+                kept_fields: vec![],
+            },
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("training task failed: {e}")))?;
+        save_trained(&store, &matcher, trained, record_count).await
     })
     .await
     .map_err(|e| RuntimeError::Internal(format!("training task failed: {e}")))?
@@ -715,10 +747,118 @@ pub fn schedule_training(store: Store, every: Duration, shutdown: Shutdown) -> t
     })
 }
 
+/// The kept records at which the matcher retrains next, having last been
+/// trained on `trained_on` of them: from `from` on, whenever they double,
+/// so that a base loaded in bulk is matched with name frequencies soon
+/// after it starts and training's total time stays within twice its last.
+pub fn next_training_at(trained_on: u64, from: u64) -> u64 {
+    from.max(trained_on.saturating_mul(2))
+}
+
+/// Refitting as the base grows (ID-4): resolves count the profiles they
+/// create, and when the count reaches the next mark
+/// ([`next_training_at`]) the kept records are counted exactly against
+/// those the newest model was fitted on, and, if due, a new version
+/// re-estimates `u` and the name frequencies on the active model's `m`,
+/// prior and thresholds ([`matching::refresh_on_records`]: a base being
+/// loaded may hold few of its duplicates yet). One at a time per process;
+/// replicas see each other's models in the store, so one of them fits at
+/// each mark.
+#[derive(Debug)]
+pub struct GrowthTraining {
+    from: u64,
+    /// Kept records as last counted, plus the profiles created since.
+    seen: std::sync::atomic::AtomicU64,
+    /// The count at which to check again (0: not counted yet).
+    due_at: std::sync::atomic::AtomicU64,
+    running: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl GrowthTraining {
+    /// Refitting from `from` kept records on.
+    pub fn new(from: u64) -> Self {
+        GrowthTraining {
+            from,
+            seen: std::sync::atomic::AtomicU64::new(0),
+            due_at: std::sync::atomic::AtomicU64::new(0),
+            running: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Count `created` new profiles; true when a refit may be due.
+    pub fn grew(&self, created: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seen = self.seen.fetch_add(created, Relaxed) + created;
+        seen >= self.due_at.load(Relaxed)
+    }
+
+    /// Refit, in the background, if the store's kept records have reached
+    /// the mark, unless a refit this process started runs already: a
+    /// resolve never waits for it.
+    pub fn refit_in_background_if_due(self: &Arc<Self>, store: &Store, matcher: &Matcher) {
+        let Ok(running) = Arc::clone(&self.running).try_lock_owned() else { return };
+        let (this, store, matcher) = (Arc::clone(self), store.clone(), matcher.clone());
+        tokio::spawn(async move {
+            let _running = running;
+            if let Err(e) = this.check(&store, &matcher).await {
+                tracing::warn!(error = %e, "matcher refit on growth failed");
+            }
+        });
+    }
+
+    /// Count, and refit if due (the caller holds `running`).
+    async fn check(&self, store: &Store, matcher: &Matcher) -> Result<(), RuntimeError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let row = store
+            .conn()
+            .query_one_raw(crm_runtime::db::stmt(
+                store.backend(),
+                "SELECT (SELECT COUNT(*) FROM profile_records), \
+                 (SELECT record_count FROM matcher_models ORDER BY version DESC LIMIT 1), \
+                 (SELECT COUNT(*) FROM matcher_models)",
+                vec![],
+            ))
+            .await?;
+        let (records, trained_on, models) = match row {
+            Some(r) => {
+                (r.try_get_by_index::<i64>(0)?, r.try_get_by_index::<Option<i64>>(1)?, r.try_get_by_index::<i64>(2)?)
+            }
+            None => (0, None, 0),
+        };
+        let records = u64::try_from(records).unwrap_or(0);
+        // A model from before counts were kept counts as trained on today's
+        // base; the built-in one on none.
+        let trained_on = match (models, trained_on) {
+            (0, _) => 0,
+            (_, Some(n)) => u64::try_from(n).unwrap_or(0),
+            (_, None) => records,
+        };
+        let due = next_training_at(trained_on, self.from);
+        if records < due {
+            self.seen.store(records, Relaxed);
+            self.due_at.store(due, Relaxed);
+            return Ok(());
+        }
+        let started = Instant::now();
+        let refreshed = fit(store, matcher, 0, Fit::Refresh).await?;
+        tracing::info!(
+            version = refreshed.matcher_version,
+            pairs = refreshed.pair_count,
+            records,
+            seconds = started.elapsed().as_secs_f64(),
+            "matcher's u and name frequencies refitted as the base grew"
+        );
+        self.seen.store(records, Relaxed);
+        self.due_at.store(next_training_at(records, self.from), Relaxed);
+        Ok(())
+    }
+}
+
 async fn save_trained(
     store: &Store,
     matcher: &Matcher,
     trained: matching::Trained,
+    record_count: i64,
 ) -> Result<pb::TrainMatcherResponse, RuntimeError> {
     let tx = store.begin_write().await?;
     let next = tx
@@ -729,7 +869,8 @@ async fn save_trained(
         tx.execute_raw(tx.stmt("UPDATE matcher_models SET active = ?", vec![false.into()])).await?;
     }
     tx.execute_raw(tx.stmt(
-        "INSERT INTO matcher_models (version, created_at_us, converged, iterations, pair_count, active, model) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO matcher_models (version, created_at_us, converged, iterations, pair_count, active, model, record_count) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             next.into(),
             now().timestamp_micros().into(),
@@ -738,6 +879,7 @@ async fn save_trained(
             (trained.pair_count as i64).into(),
             trained.converged.into(),
             trained.model.to_bytes().into(),
+            record_count.into(),
         ],
     ))
     .await?;
@@ -835,6 +977,17 @@ mod tests {
             postcode: "28001".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_matcher_retrains_from_a_minimum_base_each_time_it_doubles() {
+        // Built-in model (trained on none) and small bases: the minimum.
+        assert_eq!(next_training_at(0, 10_000), 10_000);
+        assert_eq!(next_training_at(4_000, 10_000), 10_000);
+        // Then twice what the last model saw.
+        assert_eq!(next_training_at(10_000, 10_000), 20_000);
+        assert_eq!(next_training_at(1_063_904, 10_000), 2_127_808);
+        assert_eq!(next_training_at(u64::MAX / 2 + 1, 10), u64::MAX);
     }
 
     /// A resolve's statements touch rows none of the others touches (they

@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(MatchingTables),
             Box::new(ProfileRecords),
             Box::new(crm_runtime::migration::EventLogTraceContext),
+            Box::new(MatcherRecordCount),
         ]
     }
 }
@@ -321,6 +322,37 @@ impl MigrationTrait for ProfileRecords {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.drop_table(Table::drop().table("profile_records").if_exists().to_owned()).await?;
+        Ok(())
+    }
+}
+
+/// How many kept records each matcher version was trained on, so the next
+/// training can wait until the base has grown (NULL: trained before this
+/// was recorded).
+pub struct MatcherRecordCount;
+
+impl MigrationName for MatcherRecordCount {
+    fn name(&self) -> &str {
+        "m20261207_000006_matcher_record_count"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for MatcherRecordCount {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("matcher_models")
+                    .add_column(ColumnDef::new("record_count").big_integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.alter_table(Table::alter().table("matcher_models").drop_column("record_count").to_owned()).await?;
         Ok(())
     }
 }

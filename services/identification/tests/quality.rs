@@ -144,7 +144,10 @@ impl Causes {
 
 /// `base_share`: the share of the duplicates already in the base.
 async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, seed: u64) -> Run {
-    let server = TestServer::start(ServiceKind::Identification, Peers::default(), |s, sd| async move {
+    // Training as in production: daily, and as the base grows.
+    let server = TestServer::start(ServiceKind::Identification, Peers::default(), |mut s, sd| async move {
+        s.matcher_train_every = Some(std::time::Duration::from_secs(86_400));
+        s.matcher_train_from_records = Some(crm_runtime::config::DEFAULT_MATCHER_TRAIN_FROM_RECORDS);
         crm_identification::start(&s, sd).await
     })
     .await;
@@ -215,7 +218,40 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
     for &(_, item) in &arrivals {
         resolve(&item.1, item.0, "arrivals", &mut client).await;
     }
+    print_models(&server).await;
     Run { metrics: matching::pairwise_metrics(&truth, &predicted), records: data.len(), reviews, rejected, causes }
+}
+
+/// Every matcher version trained during the run: the records it was
+/// trained on, its prior and its thresholds.
+async fn print_models(server: &TestServer) {
+    let store = crm_runtime::db::Store::connect(&server.db().url, 1).await.unwrap();
+    let rows = sea_orm::ConnectionTrait::query_all_raw(
+        store.conn(),
+        store.stmt(
+            "SELECT version, record_count, converged, active, model FROM matcher_models ORDER BY version",
+            vec![],
+        ),
+    )
+    .await
+    .unwrap();
+    for row in rows {
+        let (version, records, converged, active): (i64, Option<i64>, bool, bool) = (
+            row.try_get_by_index(0).unwrap(),
+            row.try_get_by_index(1).unwrap(),
+            row.try_get_by_index(2).unwrap(),
+            row.try_get_by_index(3).unwrap(),
+        );
+        let bytes: Vec<u8> = row.try_get_by_index(4).unwrap();
+        let m = matching::MatchModel::from_bytes(&bytes).unwrap();
+        println!(
+            "matcher v{version}: records {} converged {converged} active {active} lambda {:.2e} upper {:.1} lower {:.1}",
+            records.unwrap_or(-1),
+            m.lambda,
+            m.upper,
+            m.lower
+        );
+    }
 }
 
 fn report(name: &str, r: &Run) {

@@ -51,6 +51,11 @@ impl ServiceKind {
     }
 }
 
+/// Kept records at which identification first refits its matcher as the
+/// base grows (`CRM_MATCHER_TRAIN_FROM_RECORDS`): enough for name
+/// frequencies to tell, few enough that a bulk load has them early.
+pub const DEFAULT_MATCHER_TRAIN_FROM_RECORDS: u64 = 10_000;
+
 /// Settings common to every server, from flags or `CRM_*` variables.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
@@ -87,6 +92,11 @@ pub struct ServerArgs {
     /// stored profiles (identification; 0: only when TrainMatcher is called).
     #[arg(long, env = "CRM_MATCHER_TRAIN_SECS", default_value_t = 86_400)]
     pub matcher_train_secs: u64,
+    /// Kept records at which identification first refits its matcher's `u`
+    /// and name frequencies as the base grows, and again each time they
+    /// double (0: not on growth; nor when CRM_MATCHER_TRAIN_SECS is 0).
+    #[arg(long, env = "CRM_MATCHER_TRAIN_FROM_RECORDS", default_value_t = DEFAULT_MATCHER_TRAIN_FROM_RECORDS)]
+    pub matcher_train_from_records: u64,
     /// Address of identification, for services that call or follow it.
     #[arg(long, env = "CRM_IDENTIFICATION_ADDR")]
     pub identification_addr: Option<String>,
@@ -183,6 +193,10 @@ pub struct Settings {
     /// How often identification retrains its matcher (`None`: only on
     /// request).
     pub matcher_train_every: Option<Duration>,
+    /// Kept records at which identification first refits its matcher's `u`
+    /// and name frequencies, then each time they double (`None`: not on
+    /// growth).
+    pub matcher_train_from_records: Option<u64>,
 }
 
 impl Settings {
@@ -200,6 +214,7 @@ impl Settings {
             peers: Peers::default(),
             default_region: "ES".to_owned(),
             matcher_train_every: None,
+            matcher_train_from_records: None,
         }
     }
 
@@ -235,6 +250,10 @@ impl Settings {
             peers,
             default_region: args.default_region.clone(),
             matcher_train_every: (args.matcher_train_secs > 0).then(|| Duration::from_secs(args.matcher_train_secs)),
+            // CRM_MATCHER_TRAIN_SECS=0 means only on request (a rolling
+            // upgrade relies on it): growth does not retrain either.
+            matcher_train_from_records: (args.matcher_train_secs > 0 && args.matcher_train_from_records > 0)
+                .then_some(args.matcher_train_from_records),
         })
     }
 }
@@ -242,4 +261,35 @@ impl Settings {
 /// The URL of a SQLite file `<dir>/<name>.db`, created if missing.
 pub fn sqlite_url(dir: &std::path::Path, name: &str) -> String {
     format!("sqlite://{}?mode=rwc", dir.join(format!("{name}.db")).display())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    fn settings(flags: &[&str]) -> Settings {
+        let cli = Cli::try_parse_from(std::iter::once("crm").chain(flags.iter().copied())).unwrap();
+        Settings::from_args(ServiceKind::Identification, &cli.args, true).unwrap()
+    }
+
+    #[test]
+    fn the_matcher_retrains_on_growth_unless_training_is_left_to_operators() {
+        let on = settings(&["--matcher-train-secs", "86400", "--matcher-train-from-records", "10000"]);
+        assert_eq!(on.matcher_train_from_records, Some(10_000));
+        let growth_off = settings(&["--matcher-train-secs", "86400", "--matcher-train-from-records", "0"]);
+        assert_eq!(growth_off.matcher_train_from_records, None);
+        assert!(growth_off.matcher_train_every.is_some());
+        // Only on request: no schedule and no growth (a rolling upgrade).
+        let on_request = settings(&["--matcher-train-secs", "0", "--matcher-train-from-records", "10000"]);
+        assert_eq!(on_request.matcher_train_from_records, None);
+        assert_eq!(on_request.matcher_train_every, None);
+    }
 }

@@ -1262,6 +1262,95 @@ async fn the_matcher_is_retrained_on_a_schedule() {
     assert!(next.matcher_version >= 3, "{next:?}");
 }
 
+/// Each matcher version in the store behind `server`, oldest first: how
+/// many kept records it was fitted on, and the model.
+async fn fitted(server: &TestServer) -> Vec<(i64, crm_identification::domain::matching::MatchModel)> {
+    let store = crm_runtime::db::Store::connect(&server.db().url, 1).await.unwrap();
+    let rows = sea_orm::ConnectionTrait::query_all_raw(
+        store.conn(),
+        store.stmt("SELECT record_count, model FROM matcher_models ORDER BY version", vec![]),
+    )
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| {
+            let bytes: Vec<u8> = r.try_get_by_index(1).unwrap();
+            let model = crm_identification::domain::matching::MatchModel::from_bytes(&bytes).unwrap();
+            (r.try_get_by_index::<Option<i64>>(0).unwrap().unwrap_or(-1), model)
+        })
+        .collect()
+}
+
+/// How many kept records each matcher version was fitted on.
+async fn trained_on(server: &TestServer) -> Vec<i64> {
+    fitted(server).await.into_iter().map(|(n, _)| n).collect()
+}
+
+#[tokio::test]
+async fn the_matcher_retrains_as_resolves_and_imports_grow_the_base() {
+    let db = crm_runtime::testing::TestDb::new("identification").await;
+    let mut settings = crm_runtime::config::Settings::for_tests(ServiceKind::Identification, db.url.clone());
+    settings.matcher_train_every = Some(std::time::Duration::from_secs(86_400));
+    settings.matcher_train_from_records = Some(20);
+    let server =
+        TestServer::start_with(settings, db, |s, sd| async move { crm_identification::start(&s, sd).await }).await;
+    let mut client = IdentificationServiceClient::new(server.channel());
+    let until_trained = async |at_least: usize| -> Vec<i64> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let models = trained_on(&server).await;
+            if models.len() >= at_least {
+                return models;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{models:?}: no training on growth in 60 s");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+
+    // Below the minimum, nothing trains.
+    let people = generated_imports(40, 5);
+    for p in &people[..15] {
+        let req = pb::ResolveIdentityRequest {
+            identifiers: p.identifiers.clone(),
+            attributes: p.attributes.clone(),
+            ..Default::default()
+        };
+        client.resolve_identity(req).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(trained_on(&server).await, Vec::<i64>::new());
+
+    // New people resolved one at a time reach it: a version trained on at
+    // least that many, in the background.
+    for p in &people[15..30] {
+        let req = pb::ResolveIdentityRequest {
+            identifiers: p.identifiers.clone(),
+            attributes: p.attributes.clone(),
+            ..Default::default()
+        };
+        client.resolve_identity(req).await.unwrap();
+    }
+    let first = until_trained(1).await;
+    assert!(first[0] >= 20, "{first:?}");
+
+    // An import grows the base past twice that: trained again, each
+    // version on at least twice the records of the one before.
+    client.import_profiles(futures::stream::iter(generated_imports(200, 9))).await.unwrap();
+    let models = until_trained(2).await;
+    assert!(models.windows(2).all(|w| w[1] >= 2 * w[0]), "{models:?}");
+    // Each refits what needs no duplicates to learn, u and the name
+    // frequencies, and keeps the rest of the model it started from.
+    let built_in = crm_identification::domain::matching::default_model();
+    for (_, m) in fitted(&server).await {
+        assert_eq!((m.lambda, m.upper, m.lower), (built_in.lambda, built_in.upper, built_in.lower));
+        assert!(m.fields.iter().zip(&built_in.fields).all(|(a, b)| a.m == b.m && a.u != b.u));
+        assert_ne!(m.frequencies, built_in.frequencies);
+    }
+    // The next version an operator trains follows those.
+    let next = client.train_matcher(pb::TrainMatcherRequest::default()).await.unwrap().into_inner();
+    assert!(next.matcher_version >= 3, "{next:?}");
+}
+
 #[tokio::test]
 async fn profiles_indexed_before_a_new_key_kind_get_its_keys_at_start() {
     // Arrange: a profile whose keys predate the name-and-town and

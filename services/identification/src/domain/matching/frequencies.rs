@@ -44,7 +44,7 @@ pub const MAX_VALUES: usize = 100_000;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Frequencies {
     /// Occurrences of each value seen at least [`MIN_COUNT`] times.
-    counts: HashMap<String, u32>,
+    pub(crate) counts: HashMap<String, u32>,
     /// Occurrences of all values.
     total: u64,
     /// `p̄`: the mean frequency of a value over the occurrences (`Σ p²`).

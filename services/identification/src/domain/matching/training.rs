@@ -153,6 +153,20 @@ pub fn train_on_records(model: &MatchModel, records: &[Record], options: &Traini
     trained
 }
 
+/// What the stored records tell without any duplicates among them: `u`
+/// from random pairs ([`estimate_u`]) and the name frequencies of
+/// `records`, on `model`'s `m`, prior and thresholds, which are kept. A
+/// base loaded in bulk may hold few duplicates yet (a customer file's
+/// often come last): `m` and the prior estimated from it would be those of
+/// a base without any, and the thresholds calibrated on that prior would
+/// miss the duplicates loaded later. Name frequencies need no duplicates,
+/// and they are what tells a namesake from the same person.
+pub fn refresh_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> MatchModel {
+    let mut refreshed = estimate_u(model, records, options.u_samples, options.seed, options.threads);
+    refreshed.frequencies = NameFrequencies::count(records);
+    refreshed
+}
+
 /// Estimate `m` and `lambda` with `u` fixed, one EM session per key kind.
 ///
 /// Pairs selected by a key agree on the fields the key is made of whether
@@ -268,6 +282,25 @@ mod tests {
         assert!(trained.model.lower <= trained.model.upper);
         // Too few records: unchanged.
         assert_eq!(estimate_u(&default_model(), &records[..1], 10, 1, 1), default_model());
+    }
+
+    #[test]
+    fn a_base_without_its_duplicates_refits_u_and_name_frequencies_and_keeps_the_rest() {
+        let records: Vec<Record> = generate(5_000, 0.0, 8).into_iter().map(|(_, r)| r).collect();
+        let options = TrainingOptions { u_samples: 50_000, threads: 2, ..TrainingOptions::default() };
+        let base = default_model();
+        let refreshed = refresh_on_records(&base, &records, &options);
+        refreshed.validate().unwrap();
+        let u = estimate_u(&base, &records, options.u_samples, options.seed, options.threads);
+        assert_eq!(refreshed.fields, u.fields);
+        // The names counted (a mean summed in another order may differ in
+        // its last bit).
+        let counted = NameFrequencies::count(&records);
+        assert_eq!(refreshed.frequencies.given.counts, counted.given.counts);
+        assert_eq!(refreshed.frequencies.surnames.counts, counted.surnames.counts);
+        assert_ne!(refreshed.frequencies, base.frequencies);
+        assert_eq!((refreshed.lambda, refreshed.upper, refreshed.lower), (base.lambda, base.upper, base.lower));
+        assert!(refreshed.fields.iter().zip(&base.fields).all(|(a, b)| a.m == b.m));
     }
 
     #[test]
