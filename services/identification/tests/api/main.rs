@@ -1307,15 +1307,17 @@ async fn the_matcher_retrains_as_resolves_and_imports_grow_the_base() {
         }
     };
 
-    // Below the minimum, nothing trains.
-    let people = generated_imports(40, 5);
-    for p in &people[..15] {
-        let req = pb::ResolveIdentityRequest {
-            identifiers: p.identifiers.clone(),
-            attributes: p.attributes.clone(),
+    let people: Vec<pb::ResolveIdentityRequest> = generated_imports(40, 5)
+        .into_iter()
+        .map(|p| pb::ResolveIdentityRequest {
+            identifiers: p.identifiers,
+            attributes: p.attributes,
             ..Default::default()
-        };
-        client.resolve_identity(req).await.unwrap();
+        })
+        .collect();
+    // Below the minimum, nothing trains.
+    for p in &people[..15] {
+        client.resolve_identity(p.clone()).await.unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(trained_on(&server).await, Vec::<i64>::new());
@@ -1323,12 +1325,7 @@ async fn the_matcher_retrains_as_resolves_and_imports_grow_the_base() {
     // New people resolved one at a time reach it: a version trained on at
     // least that many, in the background.
     for p in &people[15..30] {
-        let req = pb::ResolveIdentityRequest {
-            identifiers: p.identifiers.clone(),
-            attributes: p.attributes.clone(),
-            ..Default::default()
-        };
-        client.resolve_identity(req).await.unwrap();
+        client.resolve_identity(p.clone()).await.unwrap();
     }
     let first = until_trained(1).await;
     assert!(first[0] >= 20, "{first:?}");
