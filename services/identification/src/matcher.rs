@@ -670,7 +670,8 @@ pub async fn train(store: &Store, matcher: &Matcher, max_pairs: i64) -> Result<p
 enum Fit {
     /// Everything ([`matching::train_on_records`]).
     Train,
-    /// `u` and the name frequencies ([`matching::refresh_on_records`]).
+    /// `u`, the name frequencies and the prior, `m` kept
+    /// ([`matching::refresh_on_records`]).
     Refresh,
 }
 
@@ -759,9 +760,10 @@ pub fn next_training_at(trained_on: u64, from: u64) -> u64 {
 /// create, and when the count reaches the next mark
 /// ([`next_training_at`]) the kept records are counted exactly against
 /// those the newest model was fitted on, and, if due, a new version
-/// re-estimates `u` and the name frequencies on the active model's `m`,
-/// prior and thresholds ([`matching::refresh_on_records`]: a base being
-/// loaded may hold few of its duplicates yet). One at a time per process;
+/// re-estimates `u`, the name frequencies and the prior (thresholds
+/// calibrated on it) on the active model's `m`
+/// ([`matching::refresh_on_records`]: a base being loaded may hold few of
+/// its duplicates yet). One at a time per process;
 /// replicas see each other's models in the store, so one of them fits at
 /// each mark.
 #[derive(Debug)]
@@ -846,7 +848,7 @@ impl GrowthTraining {
             pairs = refreshed.pair_count,
             records,
             seconds = started.elapsed().as_secs_f64(),
-            "matcher's u and name frequencies refitted as the base grew"
+            "matcher's u, name frequencies and prior refitted as the base grew"
         );
         self.seen.store(records, Relaxed);
         self.due_at.store(next_training_at(records, self.from), Relaxed);

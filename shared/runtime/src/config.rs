@@ -92,9 +92,9 @@ pub struct ServerArgs {
     /// stored profiles (identification; 0: only when TrainMatcher is called).
     #[arg(long, env = "CRM_MATCHER_TRAIN_SECS", default_value_t = 86_400)]
     pub matcher_train_secs: u64,
-    /// Kept records at which identification first refits its matcher's `u`
-    /// and name frequencies as the base grows, and again each time they
-    /// double (0: not on growth; nor when CRM_MATCHER_TRAIN_SECS is 0).
+    /// Kept records at which identification first refits its matcher's `u`,
+    /// name frequencies and prior as the base grows, and again each time
+    /// they double (0: not on growth; nor when CRM_MATCHER_TRAIN_SECS is 0).
     #[arg(long, env = "CRM_MATCHER_TRAIN_FROM_RECORDS", default_value_t = DEFAULT_MATCHER_TRAIN_FROM_RECORDS)]
     pub matcher_train_from_records: u64,
     /// Address of identification, for services that call or follow it.
@@ -193,9 +193,9 @@ pub struct Settings {
     /// How often identification retrains its matcher (`None`: only on
     /// request).
     pub matcher_train_every: Option<Duration>,
-    /// Kept records at which identification first refits its matcher's `u`
-    /// and name frequencies, then each time they double (`None`: not on
-    /// growth).
+    /// Kept records at which identification first refits its matcher's `u`,
+    /// name frequencies and prior, then each time they double (`None`: not
+    /// on growth).
     pub matcher_train_from_records: Option<u64>,
 }
 

@@ -153,18 +153,68 @@ pub fn train_on_records(model: &MatchModel, records: &[Record], options: &Traini
     trained
 }
 
-/// What the stored records tell without any duplicates among them: `u`
-/// from random pairs ([`estimate_u`]) and the name frequencies of
-/// `records`, on `model`'s `m`, prior and thresholds, which are kept. A
-/// base loaded in bulk may hold few duplicates yet (a customer file's
-/// often come last): `m` and the prior estimated from it would be those of
-/// a base without any, and the thresholds calibrated on that prior would
-/// miss the duplicates loaded later. Name frequencies need no duplicates,
-/// and they are what tells a namesake from the same person.
+/// What the stored records tell whether or not they hold duplicates yet:
+/// `u` from random pairs ([`estimate_u`]), the name frequencies of
+/// `records`, and the prior alone from the candidate pairs
+/// ([`estimate_lambda`]) with the thresholds calibrated on it (as
+/// [`train_on_records`] does); `model`'s `m` is kept. A base loaded in bulk
+/// may hold few of its duplicates yet (a customer file's often come last):
+/// `m` estimated from it would be that of a base where nobody has one, and
+/// would miss the duplicates loaded later. The prior is what should follow
+/// the base as it grows: blocks fill with strangers, so a candidate is less
+/// often the same person and more evidence is needed to link; and name
+/// frequencies tell a namesake of a common name from the same person.
 pub fn refresh_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> MatchModel {
     let mut refreshed = estimate_u(model, records, options.u_samples, options.seed, options.threads);
     refreshed.frequencies = NameFrequencies::count(records);
+    if let Some((link, review)) = options.calibration {
+        let vectors =
+            candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
+        refreshed.lambda = estimate_lambda(&refreshed, &vectors, options.max_iterations);
+        if refreshed.calibrate(link, review) {
+            refreshed.upper = refreshed.upper.max(MIN_UPPER);
+            refreshed.lower = refreshed.lower.max(MIN_LOWER).min(refreshed.upper);
+        }
+    }
     refreshed
+}
+
+/// The prior alone re-estimated by expectation–maximisation from the
+/// candidate pairs, `m` and `u` held (each pair under the kind of the first
+/// key it shares, without the fields that key conditions on). A base with
+/// more strangers in its blocks gets a lower prior.
+pub fn estimate_lambda(model: &MatchModel, vectors: &CandidateVectors, max_iterations: usize) -> f64 {
+    let even = MatchModel { lambda: 0.5, ..model.clone() };
+    // Per distinct vector: its count and P(v|M) / P(v|U).
+    let mut ratios: Vec<(f64, f64)> = Vec::new();
+    for (kind, counts) in &vectors.by_first_kind {
+        for (v, n) in mask(counts, *kind).iter() {
+            let (pm, pu) = class_likelihoods(&even, v);
+            if pu > 0.0 {
+                ratios.push((n as f64, pm / pu));
+            } else if pm > 0.0 {
+                ratios.push((n as f64, f64::INFINITY));
+            }
+        }
+    }
+    let total: f64 = ratios.iter().map(|(n, _)| n).sum();
+    if total <= 0.0 {
+        return model.lambda;
+    }
+    let mut lambda = model.lambda;
+    for _ in 0..max_iterations {
+        let matches: f64 = ratios
+            .iter()
+            .map(|&(n, r)| if r.is_infinite() { n } else { n * lambda * r / (lambda * r + 1.0 - lambda) })
+            .sum();
+        let next = clamp(matches / total);
+        let change = (next - lambda).abs();
+        lambda = next;
+        if change < super::em::TOLERANCE {
+            break;
+        }
+    }
+    lambda
 }
 
 /// Estimate `m` and `lambda` with `u` fixed, one EM session per key kind.
@@ -285,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn a_base_without_its_duplicates_refits_u_and_name_frequencies_and_keeps_the_rest() {
+    fn a_base_without_its_duplicates_refits_u_the_name_frequencies_and_the_prior_and_keeps_m() {
         let records: Vec<Record> = generate(5_000, 0.0, 8).into_iter().map(|(_, r)| r).collect();
         let options = TrainingOptions { u_samples: 50_000, threads: 2, ..TrainingOptions::default() };
         let base = default_model();
@@ -299,8 +349,18 @@ mod tests {
         assert_eq!(refreshed.frequencies.given.counts, counted.given.counts);
         assert_eq!(refreshed.frequencies.surnames.counts, counted.surnames.counts);
         assert_ne!(refreshed.frequencies, base.frequencies);
-        assert_eq!((refreshed.lambda, refreshed.upper, refreshed.lower), (base.lambda, base.upper, base.lower));
         assert!(refreshed.fields.iter().zip(&base.fields).all(|(a, b)| a.m == b.m));
+        // The prior of a base without duplicates is low, and the thresholds
+        // are calibrated on it; with its duplicates the prior is higher.
+        assert!(refreshed.lambda < 0.1, "{}", refreshed.lambda);
+        let (link, review) = (LINK_PROBABILITY, REVIEW_PROBABILITY);
+        assert!((refreshed.probability(refreshed.upper) - link).abs() < 1e-9, "{refreshed:?}");
+        assert!((refreshed.probability(refreshed.lower) - review).abs() < 1e-9, "{refreshed:?}");
+        assert!(refreshed.upper > base.upper);
+        let with_duplicates: Vec<Record> = generate(5_000, 1.0, 8).into_iter().map(|(_, r)| r).collect();
+        let both = refresh_on_records(&base, &with_duplicates, &options);
+        assert!(both.lambda > 2.0 * refreshed.lambda, "{} {}", both.lambda, refreshed.lambda);
+        assert!(both.upper < refreshed.upper);
     }
 
     #[test]
