@@ -43,13 +43,13 @@ pub struct IdentificationApi {
     shutdown: Shutdown,
     default_region: String,
     matcher: Matcher,
-    /// Retraining as resolves and imports grow the base (`None`: off).
+    /// Refits as resolves and imports grow the base (`None`: off).
     growth: Option<Arc<GrowthTraining>>,
 }
 
 impl IdentificationApi {
     /// A service over `store`; phones without a country code are read in
-    /// `default_region`; feeds end on `shutdown`; the matcher retrains
+    /// `default_region`; feeds end on `shutdown`; the matcher is refitted
     /// from `train_from_records` kept records on, whenever they double.
     pub fn new(store: Store, shutdown: Shutdown, default_region: String, train_from_records: Option<u64>) -> Self {
         let growth = train_from_records.map(|from| Arc::new(GrowthTraining::new(from)));
@@ -57,7 +57,7 @@ impl IdentificationApi {
     }
 
     /// Note a resolve's outcome: a profile it created grows the base, and
-    /// at the next training mark the matcher retrains in the background.
+    /// at the next mark the matcher is refitted in the background.
     fn grown(&self, r: &pb::ResolveIdentityResponse) {
         if let Some(growth) = self.growth.as_ref().filter(|g| r.created && g.grew(1)) {
             growth.refit_in_background_if_due(&self.store, &self.matcher);
