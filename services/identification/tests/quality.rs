@@ -10,6 +10,8 @@
 //! `cargo test --release -p crm-identification --test quality -- --ignored --nocapture`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 
 use crm_identification::domain::matching::{self, Metrics, Record};
@@ -225,31 +227,10 @@ async fn run(originals: usize, duplicates_per_original: f64, base_share: f64, se
 /// Every matcher version trained during the run: the records it was
 /// trained on, its prior and its thresholds.
 async fn print_models(server: &TestServer) {
-    let store = crm_runtime::db::Store::connect(&server.db().url, 1).await.unwrap();
-    let rows = sea_orm::ConnectionTrait::query_all_raw(
-        store.conn(),
-        store.stmt(
-            "SELECT version, record_count, converged, active, model FROM matcher_models ORDER BY version",
-            vec![],
-        ),
-    )
-    .await
-    .unwrap();
-    for row in rows {
-        let (version, records, converged, active): (i64, Option<i64>, bool, bool) = (
-            row.try_get_by_index(0).unwrap(),
-            row.try_get_by_index(1).unwrap(),
-            row.try_get_by_index(2).unwrap(),
-            row.try_get_by_index(3).unwrap(),
-        );
-        let bytes: Vec<u8> = row.try_get_by_index(4).unwrap();
-        let m = matching::MatchModel::from_bytes(&bytes).unwrap();
+    for v in common::matcher_versions(server).await {
         println!(
-            "matcher v{version}: records {} converged {converged} active {active} lambda {:.2e} upper {:.1} lower {:.1}",
-            records.unwrap_or(-1),
-            m.lambda,
-            m.upper,
-            m.lower
+            "matcher v{}: records {} converged {} active {} lambda {:.2e} upper {:.1} lower {:.1}",
+            v.version, v.record_count, v.converged, v.active, v.model.lambda, v.model.upper, v.model.lower
         );
     }
 }

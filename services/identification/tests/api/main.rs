@@ -2,6 +2,9 @@
 //! real store (SQLite, or PostgreSQL when `CRM_TEST_DATABASE_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use crm_proto::{
     common::v1::{Channel, Date},
     identification::v1::{
@@ -1262,28 +1265,9 @@ async fn the_matcher_is_retrained_on_a_schedule() {
     assert!(next.matcher_version >= 3, "{next:?}");
 }
 
-/// Each matcher version in the store behind `server`, oldest first: how
-/// many kept records it was fitted on, and the model.
-async fn fitted(server: &TestServer) -> Vec<(i64, crm_identification::domain::matching::MatchModel)> {
-    let store = crm_runtime::db::Store::connect(&server.db().url, 1).await.unwrap();
-    let rows = sea_orm::ConnectionTrait::query_all_raw(
-        store.conn(),
-        store.stmt("SELECT record_count, model FROM matcher_models ORDER BY version", vec![]),
-    )
-    .await
-    .unwrap();
-    rows.iter()
-        .map(|r| {
-            let bytes: Vec<u8> = r.try_get_by_index(1).unwrap();
-            let model = crm_identification::domain::matching::MatchModel::from_bytes(&bytes).unwrap();
-            (r.try_get_by_index::<Option<i64>>(0).unwrap().unwrap_or(-1), model)
-        })
-        .collect()
-}
-
 /// How many kept records each matcher version was fitted on.
 async fn trained_on(server: &TestServer) -> Vec<i64> {
-    fitted(server).await.into_iter().map(|(n, _)| n).collect()
+    common::matcher_versions(server).await.into_iter().map(|v| v.record_count).collect()
 }
 
 #[tokio::test]
@@ -1338,7 +1322,11 @@ async fn the_matcher_retrains_as_resolves_and_imports_grow_the_base() {
     // Each refits u, the name frequencies and the prior (thresholds
     // calibrated on it), and keeps the m of the model it started from.
     let built_in = crm_identification::domain::matching::default_model();
-    for (_, m) in fitted(&server).await {
+    let versions = common::matcher_versions(&server).await;
+    // Each is a version of its own, the newest the one resolves use.
+    assert!(versions.iter().enumerate().all(|(i, v)| v.version == i as i64 + 1 && v.converged), "versions");
+    assert!(versions.iter().rev().skip(1).all(|v| !v.active) && versions.last().is_some_and(|v| v.active));
+    for common::StoredVersion { model: m, .. } in versions {
         assert!(m.fields.iter().zip(&built_in.fields).all(|(a, b)| a.m == b.m && a.u != b.u));
         assert_ne!(m.frequencies, built_in.frequencies);
         assert_ne!(m.lambda, built_in.lambda);
