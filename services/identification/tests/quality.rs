@@ -232,6 +232,12 @@ async fn print_models(server: &TestServer) {
             "matcher v{}: records {} converged {} active {} lambda {:.2e} upper {:.1} lower {:.1}",
             v.version, v.record_count, v.converged, v.active, v.model.lambda, v.model.upper, v.model.lower
         );
+        if show_examples("m") {
+            for fm in &v.model.fields {
+                let m: Vec<String> = fm.m.iter().map(|p| format!("{p:.3}")).collect();
+                println!("    {:12} m [{}]", fm.field.name(), m.join(" "));
+            }
+        }
     }
 }
 
@@ -261,12 +267,26 @@ async fn duplicates_arriving_one_at_a_time_are_linked_precisely() {
     assert!(r.metrics.f1 >= 0.98, "f1 {}", r.metrics.f1);
 }
 
+/// A customer file deduplicated before it was loaded: `TrainMatcher` on a
+/// base without duplicates, then every duplicate arrives.
+#[tokio::test]
+async fn duplicates_arriving_after_training_on_a_base_without_them_are_linked() {
+    let r = run(300, 1.0, 0.0, 11).await;
+    report("quality-small-deduplicated", &r);
+    assert!(r.metrics.precision >= 0.99, "precision {}", r.metrics.precision);
+    assert!(r.metrics.recall >= 0.975, "recall {}", r.metrics.recall);
+    assert!(r.metrics.f1 >= 0.98, "f1 {}", r.metrics.f1);
+}
+
 #[tokio::test]
 #[ignore = "benchmark: run in release, see BENCHMARKS.md"]
 async fn benchmark_matching_quality() {
     let originals = std::env::var("ORIGINALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     // SEED=n draws another data set, to see how far the figures hold.
     let seed = std::env::var("SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(2026);
-    let r = run(originals, 1.0, 0.5, seed).await;
+    // BASE_SHARE=0: a base without its duplicates, all of them arriving
+    // after TrainMatcher (a customer file deduplicated before it is loaded).
+    let base_share = std::env::var("BASE_SHARE").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5);
+    let r = run(originals, 1.0, base_share, seed).await;
     report("quality-10k", &r);
 }

@@ -114,6 +114,45 @@ pub struct Trained {
 /// Largest parameter change under which training has converged.
 pub const TOLERANCE: f64 = 1e-6;
 
+/// A Dirichlet prior on `m`: as if `pairs` pairs of the same person had
+/// been seen besides the data, their levels spread as a reference model's
+/// `m` says. Each field's `m` is then estimated as
+/// `(expected match counts + pairs · m₀) / (their sum + pairs)`: where the
+/// data hold many matches they decide, where they hold few the reference
+/// does. A base loaded without its duplicates holds few matches, and
+/// those it holds (a customer's second record, kept when a touchpoint
+/// added a value) agree on almost every field: `m` estimated from them
+/// alone says that the same person is never mistyped, and the duplicates
+/// that arrive later with a typo are taken for strangers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MPrior {
+    m: [Vec<f64>; FIELD_COUNT],
+    pairs: f64,
+}
+
+impl MPrior {
+    /// No prior: maximum likelihood.
+    pub fn none() -> Self {
+        MPrior { m: std::array::from_fn(|_| Vec::new()), pairs: 0.0 }
+    }
+
+    /// `pairs` pseudo-matches spread as `reference`'s `m` (none when
+    /// `pairs` is not positive).
+    pub fn new(reference: &MatchModel, pairs: f64) -> Self {
+        if pairs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return Self::none();
+        }
+        MPrior { m: std::array::from_fn(|f| reference.fields[f].m.clone()), pairs }
+    }
+
+    /// Add the pseudo-counts of field `f` to its expected match counts.
+    pub(crate) fn add_to(&self, f: usize, counts: &mut [f64]) {
+        for (c, p) in counts.iter_mut().zip(&self.m[f]) {
+            *c += self.pairs * p;
+        }
+    }
+}
+
 /// Re-estimate `m`, `u` and `lambda` from comparison vectors of candidate
 /// pairs, starting from `model`. Identical vectors are counted once with a
 /// multiplicity, so the cost grows with distinct vectors, not pairs.
@@ -129,7 +168,7 @@ pub fn train(model: &MatchModel, pairs: impl IntoIterator<Item = ComparisonVecto
 
 /// [`train`] on pre-counted vectors.
 pub fn train_counts(model: &MatchModel, counts: &VectorCounts, max_iterations: usize) -> Trained {
-    run(model, counts, max_iterations, true)
+    run(model, counts, max_iterations, true, &MPrior::none())
 }
 
 /// Re-estimate `m` and `lambda` by expectation–maximisation with `u` held
@@ -140,22 +179,23 @@ pub fn train_m(
     pairs: impl IntoIterator<Item = ComparisonVector>,
     max_iterations: usize,
 ) -> Trained {
-    train_m_counts(model, &pairs.into_iter().collect(), max_iterations)
+    train_m_counts(model, &pairs.into_iter().collect(), max_iterations, &MPrior::none())
 }
 
-/// [`train_m`] on pre-counted vectors.
-pub fn train_m_counts(model: &MatchModel, counts: &VectorCounts, max_iterations: usize) -> Trained {
-    run(model, counts, max_iterations, false)
+/// [`train_m`] on pre-counted vectors, `m` estimated under `prior`
+/// (maximum a posteriori; [`MPrior::none`] for maximum likelihood).
+pub fn train_m_counts(model: &MatchModel, counts: &VectorCounts, max_iterations: usize, prior: &MPrior) -> Trained {
+    run(model, counts, max_iterations, false, prior)
 }
 
-fn run(model: &MatchModel, counts: &VectorCounts, max_iterations: usize, estimate_u: bool) -> Trained {
+fn run(model: &MatchModel, counts: &VectorCounts, max_iterations: usize, estimate_u: bool, prior: &MPrior) -> Trained {
     let data: Vec<(ComparisonVector, f64)> = counts.iter().map(|(v, n)| (v, n as f64)).collect();
     let mut current = model.clone();
     let mut converged = false;
     let mut iterations = 0;
     if counts.total() > 0 {
         while iterations < max_iterations {
-            let next = em_step(&current, &data, estimate_u);
+            let next = em_step(&current, &data, estimate_u, prior);
             let change = max_change(&current, &next);
             current = next;
             iterations += 1;
@@ -193,7 +233,7 @@ pub(crate) fn class_likelihoods(model: &MatchModel, v: ComparisonVector) -> (f64
     (pm, pu)
 }
 
-fn em_step(model: &MatchModel, data: &[(ComparisonVector, f64)], estimate_u: bool) -> MatchModel {
+fn em_step(model: &MatchModel, data: &[(ComparisonVector, f64)], estimate_u: bool, prior: &MPrior) -> MatchModel {
     // Expected counts per field and level under each class.
     let mut m_counts: [Vec<f64>; FIELD_COUNT] = std::array::from_fn(|f| vec![0.0; Field::ALL[f].level_count() - 1]);
     let mut u_counts = m_counts.clone();
@@ -216,7 +256,8 @@ fn em_step(model: &MatchModel, data: &[(ComparisonVector, f64)], estimate_u: boo
     }
     let mut next = model.clone();
     next.lambda = clamp(matches / total);
-    for (fm, (mc, uc)) in next.fields.iter_mut().zip(m_counts.iter().zip(&u_counts)) {
+    for (f, (fm, (mc, uc))) in next.fields.iter_mut().zip(m_counts.iter_mut().zip(&u_counts)).enumerate() {
+        prior.add_to(f, mc);
         if let Some(m) = normalised(mc) {
             fm.m = m;
         }
@@ -421,6 +462,41 @@ mod tests {
             assert!(fm.m[0] > fm.u[0]);
         }
         assert!((trained.model.lambda - 100.0 / 10_100.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn a_prior_on_m_decides_where_the_data_hold_few_matches_and_yields_where_they_hold_many() {
+        // Matches that agree on every field, among strangers that agree on none.
+        let all_exact = ComparisonVector::new([1; FIELD_COUNT]).unwrap();
+        let all_different = ComparisonVector::new([6, 5, 5, 4, 3, 3, 4, 4]).unwrap();
+        let fit = |matches: usize, prior: &MPrior| {
+            let data: VectorCounts =
+                std::iter::repeat_n(all_exact, matches).chain(std::iter::repeat_n(all_different, 20_000)).collect();
+            train_m_counts(&default_model(), &data, 1000, prior).model
+        };
+        let reference = default_model();
+        let prior = MPrior::new(&reference, 1_000.0);
+        // 100 matches, 1,000 pseudo-matches: the levels no match showed keep
+        // most of the reference's mass, as (0 + 1,000·m₀) / (100 + 1,000).
+        let few = fit(100, &prior);
+        let alone = fit(100, &MPrior::none());
+        for ((with, without), r) in few.fields.iter().zip(&alone.fields).zip(&reference.fields) {
+            let levels = r.m.len();
+            for l in 1..levels - 1 {
+                let expected = 1_000.0 * r.m[l] / 1_100.0;
+                assert!((with.m[l] - expected).abs() < 0.01 * r.m[l] + 1e-9, "{}: {:?}", r.field.name(), with.m);
+                assert!(without.m[l] < 1e-3, "{}: {:?}", r.field.name(), without.m);
+            }
+        }
+        few.validate().unwrap();
+        // 100,000 matches: the data decide.
+        let many = fit(100_000, &prior);
+        for fm in &many.fields {
+            assert!(fm.m[0] > 0.98, "{}: {:?}", fm.field.name(), fm.m);
+        }
+        // No prior, or one of no pairs, is maximum likelihood.
+        assert_eq!(MPrior::new(&reference, 0.0), MPrior::none());
+        assert_eq!(fit(100, &MPrior::new(&reference, -1.0)), alone);
     }
 
     #[test]

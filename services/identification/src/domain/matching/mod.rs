@@ -39,7 +39,7 @@ pub use blocking::{
     candidate_vectors, candidate_vectors_by_kind, key_hash,
 };
 pub use compare::{ComparisonVector, FIELD_COUNT, Field, compare};
-pub use em::{Trained, VectorCounts, train, train_counts, train_m, train_m_counts};
+pub use em::{MPrior, Trained, VectorCounts, train, train_counts, train_m, train_m_counts};
 pub use frequencies::NameFrequencies;
 pub use generator::{Corruption, generate, generate_with};
 pub use household::contradicts_person;
@@ -49,8 +49,8 @@ pub use phonetic::phonetic;
 pub use rng::SplitMix64;
 pub use text::{fold, jaro_winkler};
 pub use training::{
-    LINK_PROBABILITY, MAX_CANDIDATE_PAIRS, MIN_UPPER, REVIEW_PROBABILITY, TrainingOptions, estimate_lambda, estimate_u,
-    refresh_on_records, train_on_records, train_sessions,
+    LINK_PROBABILITY, M_PRIOR_PAIRS, MAX_CANDIDATE_PAIRS, MIN_UPPER, REVIEW_PROBABILITY, TrainingOptions,
+    estimate_lambda, estimate_u, refresh_on_records, train_on_records, train_sessions,
 };
 
 /// The matchable view of a person. Every text field is folded (see

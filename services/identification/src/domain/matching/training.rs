@@ -13,10 +13,10 @@ use super::Record;
 use super::blocking::{CandidateVectors, DEFAULT_MAX_BLOCK, KeyKind, candidate_vectors_by_kind};
 use super::compare::{ComparisonVector, FIELD_COUNT, Field, NULL, compare};
 use super::em::{
-    Trained, VectorCounts, clamp, class_likelihoods, enforce_sanity, log_likelihood, normalised, train_m_counts,
+    MPrior, Trained, VectorCounts, clamp, class_likelihoods, enforce_sanity, log_likelihood, normalised, train_m_counts,
 };
 use super::frequencies::NameFrequencies;
-use super::model::{MIN_PROBABILITY, MatchModel};
+use super::model::{MIN_PROBABILITY, MatchModel, default_model};
 use super::rng::SplitMix64;
 
 /// Parameters of [`train_on_records`].
@@ -42,6 +42,10 @@ pub struct TrainingOptions {
     /// falls as the base grows (blocks hold more strangers), so calibrated
     /// thresholds rise with it.
     pub calibration: Option<(f64, f64)>,
+    /// Strength of the prior on `m` ([`MPrior`]), in pairs of the same
+    /// person spread as the built-in model's `m` ([`default_model`]) says;
+    /// 0: none.
+    pub m_prior_pairs: f64,
 }
 
 /// Default link probability of [`TrainingOptions::calibration`].
@@ -52,6 +56,11 @@ pub const REVIEW_PROBABILITY: f64 = 0.99;
 /// pairs estimate the few dozen `m` values as well as all of them do, and a
 /// base of a million people yields some thirty million.
 pub const MAX_CANDIDATE_PAIRS: usize = 8_000_000;
+/// Default of [`TrainingOptions::m_prior_pairs`]: a base with fewer
+/// matches among its candidate pairs than this keeps most of the built-in
+/// `m`; a base holding its duplicates (thousands to hundreds of thousands
+/// of matches) is barely moved by it.
+pub const M_PRIOR_PAIRS: f64 = 1_000.0;
 /// Calibrated link threshold is never below this many bits.
 pub const MIN_UPPER: f64 = 10.0;
 /// Calibrated review threshold is never below this many bits.
@@ -67,6 +76,7 @@ impl Default for TrainingOptions {
             threads: 1,
             seed: 1,
             calibration: Some((LINK_PROBABILITY, REVIEW_PROBABILITY)),
+            m_prior_pairs: M_PRIOR_PAIRS,
         }
     }
 }
@@ -133,14 +143,16 @@ pub fn estimate_u(model: &MatchModel, records: &[Record], samples: usize, seed: 
 
 /// Train on stored records: [`estimate_u`] from random pairs, then
 /// [`train_sessions`] on the candidate pairs of every key kind
-/// ([`candidate_vectors_by_kind`]), then thresholds from
+/// ([`candidate_vectors_by_kind`]), `m` under the prior of
+/// [`TrainingOptions::m_prior_pairs`], then thresholds from
 /// [`TrainingOptions::calibration`] (kept when `None`), never below
 /// [`MIN_UPPER`] / [`MIN_LOWER`] bits; the model keeps the name
 /// frequencies of `records` ([`NameFrequencies::count`]).
 pub fn train_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> Trained {
     let with_u = estimate_u(model, records, options.u_samples, options.seed, options.threads);
     let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
-    let mut trained = train_sessions(&with_u, &vectors, options.max_iterations);
+    let prior = MPrior::new(&default_model(), options.m_prior_pairs);
+    let mut trained = train_sessions(&with_u, &vectors, options.max_iterations, &prior);
     trained.model.frequencies = NameFrequencies::count(records);
     if let Some((link, review)) = options.calibration
         && trained.model.calibrate(link, review)
@@ -217,7 +229,8 @@ pub fn estimate_lambda(model: &MatchModel, vectors: &CandidateVectors, max_itera
     lambda
 }
 
-/// Estimate `m` and `lambda` with `u` fixed, one EM session per key kind.
+/// Estimate `m` and `lambda` with `u` fixed, one EM session per key kind,
+/// `m` under `prior` (in each session, and once in their combination).
 ///
 /// Pairs selected by a key agree on the fields the key is made of whether
 /// they match or not ([`KeyKind::conditioned_fields`]), so a session leaves
@@ -226,7 +239,12 @@ pub fn estimate_lambda(model: &MatchModel, vectors: &CandidateVectors, max_itera
 /// (Splink's approach to blocked EM). `lambda`, the share of matches among
 /// all candidate pairs, sums over every pair the match probability of the
 /// session of the first key it shares (`m` and `u` as combined).
-pub fn train_sessions(model: &MatchModel, vectors: &CandidateVectors, max_iterations: usize) -> Trained {
+pub fn train_sessions(
+    model: &MatchModel,
+    vectors: &CandidateVectors,
+    max_iterations: usize,
+    prior: &MPrior,
+) -> Trained {
     let mut expected: [Vec<f64>; FIELD_COUNT] = std::array::from_fn(|f| vec![0.0; Field::ALL[f].level_count() - 1]);
     let mut converged = true;
     let mut iterations = 0;
@@ -236,7 +254,7 @@ pub fn train_sessions(model: &MatchModel, vectors: &CandidateVectors, max_iterat
             continue;
         }
         let masked = mask(counts, *kind);
-        let session = train_m_counts(model, &masked, max_iterations);
+        let session = train_m_counts(model, &masked, max_iterations, prior);
         converged &= session.converged;
         iterations = iterations.max(session.iterations);
         session_lambda[*kind as usize] = Some(session.model.lambda);
@@ -251,7 +269,8 @@ pub fn train_sessions(model: &MatchModel, vectors: &CandidateVectors, max_iterat
         }
     }
     let mut next = model.clone();
-    for (fm, e) in next.fields.iter_mut().zip(&expected) {
+    for (f, (fm, e)) in next.fields.iter_mut().zip(&mut expected).enumerate() {
+        prior.add_to(f, e);
         if let Some(m) = normalised(e) {
             fm.m = m;
         }
