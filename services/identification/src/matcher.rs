@@ -703,16 +703,7 @@ async fn fit(
     tokio::spawn(async move {
         let trained = tokio::task::spawn_blocking(move || match how {
             Fit::Train => matching::train_on_records(&base, &records, &options),
-            Fit::Refresh => matching::Trained {
-                model: matching::refresh_on_records(&base, &records, &options),
-                converged: true,
-                iterations: 0,
-                pair_count: options.u_samples.min(records.len().saturating_mul(records.len().saturating_sub(1)) / 2)
-                    as u64,
-                distinct_vectors: 0,
-                log_likelihood: 0.0,
-                kept_fields: vec![],
-            },
+            Fit::Refresh => matching::refresh_on_records(&base, &records, &options),
         })
         .await
         .map_err(|e| RuntimeError::Internal(format!("training task failed: {e}")))?;

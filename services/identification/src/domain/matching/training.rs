@@ -176,26 +176,38 @@ pub fn train_on_records(model: &MatchModel, records: &[Record], options: &Traini
 /// the base as it grows: blocks fill with strangers, so a candidate is less
 /// often the same person and more evidence is needed to link; and name
 /// frequencies tell a namesake of a common name from the same person.
-pub fn refresh_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> MatchModel {
+/// Without [`TrainingOptions::calibration`] the prior and thresholds are
+/// kept too, and no candidate pair is compared.
+pub fn refresh_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> Trained {
     let mut refreshed = estimate_u(model, records, options.u_samples, options.seed, options.threads);
     refreshed.frequencies = NameFrequencies::count(records);
-    if let Some((link, review)) = options.calibration {
-        let vectors =
-            candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
-        refreshed.lambda = estimate_lambda(&refreshed, &vectors, options.max_iterations);
-        if refreshed.calibrate(link, review) {
-            refreshed.upper = refreshed.upper.max(MIN_UPPER);
-            refreshed.lower = refreshed.lower.max(MIN_LOWER).min(refreshed.upper);
-        }
+    let Some((link, review)) = options.calibration else {
+        return Trained {
+            model: refreshed,
+            converged: true,
+            iterations: 0,
+            pair_count: 0,
+            distinct_vectors: 0,
+            log_likelihood: 0.0,
+            kept_fields: Vec::new(),
+        };
+    };
+    let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
+    let mut trained = estimate_lambda(&refreshed, &vectors, options.max_iterations);
+    if trained.model.calibrate(link, review) {
+        trained.model.upper = trained.model.upper.max(MIN_UPPER);
+        trained.model.lower = trained.model.lower.max(MIN_LOWER).min(trained.model.upper);
     }
-    refreshed
+    trained
 }
 
 /// The prior alone re-estimated by expectation–maximisation from the
 /// candidate pairs, `m` and `u` held (each pair under the kind of the first
 /// key it shares, without the fields that key conditions on). A base with
-/// more strangers in its blocks gets a lower prior.
-pub fn estimate_lambda(model: &MatchModel, vectors: &CandidateVectors, max_iterations: usize) -> f64 {
+/// more strangers in its blocks gets a lower prior. The result is `model`
+/// with that prior, whether its fixed point settled within
+/// `max_iterations`, and the pairs it was estimated from.
+pub fn estimate_lambda(model: &MatchModel, vectors: &CandidateVectors, max_iterations: usize) -> Trained {
     let even = MatchModel { lambda: 0.5, ..model.clone() };
     // Per distinct vector: its count and P(v|M) / P(v|U).
     let mut ratios: Vec<(f64, f64)> = Vec::new();
@@ -210,11 +222,9 @@ pub fn estimate_lambda(model: &MatchModel, vectors: &CandidateVectors, max_itera
         }
     }
     let total: f64 = ratios.iter().map(|(n, _)| n).sum();
-    if total <= 0.0 {
-        return model.lambda;
-    }
     let mut lambda = model.lambda;
-    for _ in 0..max_iterations {
+    let (mut converged, mut iterations) = (false, 0);
+    while total > 0.0 && iterations < max_iterations {
         let matches: f64 = ratios
             .iter()
             .map(|&(n, r)| if r.is_infinite() { n } else { n * lambda * r / (lambda * r + 1.0 - lambda) })
@@ -222,11 +232,24 @@ pub fn estimate_lambda(model: &MatchModel, vectors: &CandidateVectors, max_itera
         let next = clamp(matches / total);
         let change = (next - lambda).abs();
         lambda = next;
+        iterations += 1;
         if change < super::em::TOLERANCE {
+            converged = true;
             break;
         }
     }
-    lambda
+    let next = MatchModel { lambda, ..model.clone() };
+    let all = vectors.all();
+    let data: Vec<(ComparisonVector, f64)> = all.iter().map(|(v, n)| (v, n as f64)).collect();
+    Trained {
+        log_likelihood: log_likelihood(&next, &data),
+        model: next,
+        converged,
+        iterations,
+        pair_count: all.total(),
+        distinct_vectors: all.distinct(),
+        kept_fields: Vec::new(),
+    }
 }
 
 /// Estimate `m` and `lambda` with `u` fixed, one EM session per key kind,
@@ -358,7 +381,11 @@ mod tests {
         let records: Vec<Record> = generate(5_000, 0.0, 8).into_iter().map(|(_, r)| r).collect();
         let options = TrainingOptions { u_samples: 50_000, threads: 2, ..TrainingOptions::default() };
         let base = default_model();
-        let refreshed = refresh_on_records(&base, &records, &options);
+        let fitted = refresh_on_records(&base, &records, &options);
+        assert!(fitted.converged && fitted.iterations > 0, "{} iterations", fitted.iterations);
+        assert!(fitted.pair_count > 0 && fitted.distinct_vectors > 0 && fitted.log_likelihood < 0.0);
+        assert!(fitted.kept_fields.is_empty());
+        let refreshed = fitted.model;
         refreshed.validate().unwrap();
         let u = estimate_u(&base, &records, options.u_samples, options.seed, options.threads);
         assert_eq!(refreshed.fields, u.fields);
@@ -377,7 +404,7 @@ mod tests {
         assert!((refreshed.probability(refreshed.lower) - review).abs() < 1e-9, "{refreshed:?}");
         assert!(refreshed.upper > base.upper);
         let with_duplicates: Vec<Record> = generate(5_000, 1.0, 8).into_iter().map(|(_, r)| r).collect();
-        let both = refresh_on_records(&base, &with_duplicates, &options);
+        let both = refresh_on_records(&base, &with_duplicates, &options).model;
         assert!(both.lambda > 2.0 * refreshed.lambda, "{} {}", both.lambda, refreshed.lambda);
         assert!(both.upper < refreshed.upper);
     }
