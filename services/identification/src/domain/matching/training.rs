@@ -238,18 +238,7 @@ pub fn estimate_lambda(model: &MatchModel, vectors: &CandidateVectors, max_itera
             break;
         }
     }
-    let next = MatchModel { lambda, ..model.clone() };
-    let all = vectors.all();
-    let data: Vec<(ComparisonVector, f64)> = all.iter().map(|(v, n)| (v, n as f64)).collect();
-    Trained {
-        log_likelihood: log_likelihood(&next, &data),
-        model: next,
-        converged,
-        iterations,
-        pair_count: all.total(),
-        distinct_vectors: all.distinct(),
-        kept_fields: Vec::new(),
-    }
+    fitted(MatchModel { lambda, ..model.clone() }, vectors, converged, iterations, Vec::new())
 }
 
 /// Estimate `m` and `lambda` with `u` fixed, one EM session per key kind,
@@ -313,11 +302,23 @@ pub fn train_sessions(
     if total > 0.0 {
         next.lambda = clamp(matches / total);
     }
+    fitted(next, vectors, converged, iterations, kept_fields)
+}
+
+/// A model fitted on candidate pairs, with what it was fitted on: every
+/// pair (whatever key it shares) and its log-likelihood under the model.
+fn fitted(
+    model: MatchModel,
+    vectors: &CandidateVectors,
+    converged: bool,
+    iterations: usize,
+    kept_fields: Vec<&'static str>,
+) -> Trained {
     let all = vectors.all();
     let data: Vec<(ComparisonVector, f64)> = all.iter().map(|(v, n)| (v, n as f64)).collect();
     Trained {
-        log_likelihood: log_likelihood(&next, &data),
-        model: next,
+        log_likelihood: log_likelihood(&model, &data),
+        model,
         converged,
         iterations,
         pair_count: all.total(),
