@@ -883,6 +883,11 @@ async fn save_trained(
         converged: trained.converged,
         iterations: trained.iterations as i32,
         pair_count: trained.pair_count as i64,
+        active: trained.converged,
+        record_count,
+        match_prior: trained.model.lambda,
+        link_threshold: trained.model.upper,
+        review_threshold: trained.model.lower,
     })
 }
 

@@ -163,6 +163,14 @@ pub struct TrainingStats {
     pub iterations: i32,
     /// Candidate pairs it learnt from.
     pub pair_count: i64,
+    /// Kept records it was fitted on.
+    pub record_count: i64,
+    /// Its prior that a candidate pair is the same person.
+    pub match_prior: f64,
+    /// Total weight from which it links.
+    pub link_threshold: f64,
+    /// Total weight from which it sends to review.
+    pub review_threshold: f64,
 }
 
 /// Call TrainMatcher once and time it.
@@ -180,6 +188,10 @@ pub async fn train(channel: Channel) -> anyhow::Result<TrainingStats> {
         converged: trained.converged,
         iterations: trained.iterations,
         pair_count: trained.pair_count,
+        record_count: trained.record_count,
+        match_prior: trained.match_prior,
+        link_threshold: trained.link_threshold,
+        review_threshold: trained.review_threshold,
     })
 }
 

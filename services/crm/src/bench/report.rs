@@ -182,8 +182,17 @@ impl Report {
         if let Some(t) = &self.training {
             let _ = writeln!(
                 out,
-                "training    TrainMatcher {:.1} s: version {} converged {} in {} iterations over {} pairs",
-                t.elapsed_s, t.matcher_version, t.converged, t.iterations, t.pair_count
+                "training    TrainMatcher {:.1} s: version {} converged {} in {} iterations over {} pairs \
+                 of {} records; prior {:.2e}, links from {:.1} bits, reviews from {:.1}",
+                t.elapsed_s,
+                t.matcher_version,
+                t.converged,
+                t.iterations,
+                t.pair_count,
+                t.record_count,
+                t.match_prior,
+                t.link_threshold,
+                t.review_threshold
             );
         }
         if let Some(ceiling) = &self.ceiling {

@@ -1216,6 +1216,21 @@ async fn the_matcher_is_trained_from_the_stored_profiles_in_versions() {
     assert!(first.pair_count > 0 && first.iterations > 0, "{first:?}");
     let second = client.train_matcher(pb::TrainMatcherRequest { max_pairs: 10_000 }).await.unwrap().into_inner();
     assert_eq!(second.matcher_version, 2);
+    // Each answer says what was stored: whether resolves use it, what it
+    // was fitted on, its prior and its thresholds.
+    let stored = common::matcher_versions(&_server).await;
+    for (answer, version) in [&first, &second].into_iter().zip(&stored) {
+        assert_eq!(answer.matcher_version, version.version);
+        // Active when answered; a later version may have taken over since.
+        assert_eq!((answer.converged, answer.active), (version.converged, version.converged), "{answer:?}");
+        assert_eq!(answer.record_count, version.record_count);
+        assert_eq!(answer.match_prior, version.model.lambda);
+        assert_eq!((answer.link_threshold, answer.review_threshold), (version.model.upper, version.model.lower));
+    }
+    assert!(second.active && stored[1].active && !stored[0].active, "the newest converged version is in use");
+    assert!(first.record_count >= counts.created_count, "{first:?} {counts:?}");
+    assert!(first.match_prior > 0.0 && first.match_prior < 1.0, "{first:?}");
+    assert!(first.review_threshold <= first.link_threshold, "{first:?}");
     let err = client.train_matcher(pb::TrainMatcherRequest { max_pairs: -1 }).await.unwrap_err();
     assert_eq!(fields(&err), ["max_pairs"]);
 }
