@@ -154,13 +154,8 @@ pub fn train_on_records(model: &MatchModel, records: &[Record], options: &Traini
     let prior = MPrior::new(&default_model(), options.m_prior_pairs);
     let mut trained = train_sessions(&with_u, &vectors, options.max_iterations, &prior);
     trained.model.frequencies = NameFrequencies::count(records);
-    if let Some((link, review)) = options.calibration
-        && trained.model.calibrate(link, review)
-    {
-        // A prior estimated from a small or one-sided base must not make
-        // weak evidence link.
-        trained.model.upper = trained.model.upper.max(MIN_UPPER);
-        trained.model.lower = trained.model.lower.max(MIN_LOWER).min(trained.model.upper);
+    if let Some((link, review)) = options.calibration {
+        calibrate_with_floors(&mut trained.model, link, review);
     }
     trained
 }
@@ -194,11 +189,18 @@ pub fn refresh_on_records(model: &MatchModel, records: &[Record], options: &Trai
     };
     let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
     let mut trained = estimate_lambda(&refreshed, &vectors, options.max_iterations);
-    if trained.model.calibrate(link, review) {
-        trained.model.upper = trained.model.upper.max(MIN_UPPER);
-        trained.model.lower = trained.model.lower.max(MIN_LOWER).min(trained.model.upper);
-    }
+    calibrate_with_floors(&mut trained.model, link, review);
     trained
+}
+
+/// Thresholds calibrated on the model's prior ([`MatchModel::calibrate`]),
+/// never below [`MIN_UPPER`] / [`MIN_LOWER`] bits: a prior estimated from a
+/// small or one-sided base must not make weak evidence link.
+fn calibrate_with_floors(model: &mut MatchModel, link: f64, review: f64) {
+    if model.calibrate(link, review) {
+        model.upper = model.upper.max(MIN_UPPER);
+        model.lower = model.lower.max(MIN_LOWER).min(model.upper);
+    }
 }
 
 /// The prior alone re-estimated by expectation–maximisation from the
