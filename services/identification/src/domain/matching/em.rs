@@ -119,11 +119,11 @@ pub const TOLERANCE: f64 = 1e-6;
 /// `m` says. Each field's `m` is then estimated as
 /// `(expected match counts + pairs · m₀) / (their sum + pairs)`: where the
 /// data hold many matches they decide, where they hold few the reference
-/// does. A base loaded without its duplicates holds few matches, and
-/// those it holds (a customer's second record, kept when a touchpoint
-/// added a value) agree on almost every field: `m` estimated from them
-/// alone says that the same person is never mistyped, and the duplicates
-/// that arrive later with a typo are taken for strangers.
+/// does. A base loaded without its duplicates holds few matches, and the
+/// pairs a fit takes for matches there agree on almost every field: `m`
+/// estimated from them alone says that the same person is never mistyped,
+/// and the duplicates that arrive later with a typo are taken for
+/// strangers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MPrior {
     m: [Vec<f64>; FIELD_COUNT],
