@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use criterion::Criterion;
 use crm_identification::domain::matching::{
-    BlockIndex, MAX_CANDIDATES, MPrior, Record, TrainingOptions, VectorCounts, blocking_keys,
-    candidate_vectors_by_kind, compare, default_model, estimate_u, generate, train_counts, train_sessions,
+    BlockIndex, MAX_CANDIDATES, Record, TrainingOptions, VectorCounts, blocking_keys, candidate_vectors_by_kind,
+    compare, default_model, estimate_u, generate, train_counts, train_sessions,
 };
 
 /// Blocks larger than this are skipped at resolve, as the store does.
@@ -34,8 +34,7 @@ fn train_once(records: &[Record]) -> VectorCounts {
     let u_time = start.elapsed();
     let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
     let pairs_time = start.elapsed() - u_time;
-    let prior = MPrior::new(&default_model(), options.m_prior_pairs);
-    let mut trained = train_sessions(&with_u, &vectors, options.max_iterations, &prior);
+    let mut trained = train_sessions(&with_u, &vectors, options.max_iterations, &options.m_prior(records.len()));
     if let Some((link, review)) = options.calibration {
         trained.model.calibrate(link, review);
     }

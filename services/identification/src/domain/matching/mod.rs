@@ -49,8 +49,8 @@ pub use phonetic::phonetic;
 pub use rng::SplitMix64;
 pub use text::{fold, jaro_winkler};
 pub use training::{
-    LINK_PROBABILITY, M_PRIOR_PAIRS, MAX_CANDIDATE_PAIRS, MIN_UPPER, REVIEW_PROBABILITY, TrainingOptions,
-    estimate_lambda, estimate_u, refresh_on_records, train_on_records, train_sessions,
+    LINK_PROBABILITY, M_PRIOR_MIN_PAIRS, M_PRIOR_PER_RECORD, MAX_CANDIDATE_PAIRS, MIN_UPPER, REVIEW_PROBABILITY,
+    TrainingOptions, estimate_lambda, estimate_u, refresh_on_records, train_on_records, train_sessions,
 };
 
 /// The matchable view of a person. Every text field is folded (see

@@ -127,7 +127,7 @@ fn a_base_without_its_duplicates_trains_a_model_that_links_them_when_they_arrive
     let options = TrainingOptions { u_samples: 200_000, threads: 2, ..TrainingOptions::default() };
     let trained = train_on_records(&default_model(), &base, &options);
     let outcome = resolve_online(&records, originals, &trained.model);
-    let unanchored = TrainingOptions { m_prior_pairs: 0.0, ..options };
+    let unanchored = TrainingOptions { m_prior_per_record: 0.0, ..options };
     let alone = train_on_records(&default_model(), &base, &unanchored);
     let outcome_alone = resolve_online(&records, originals, &alone.model);
     eprintln!(

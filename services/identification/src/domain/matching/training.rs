@@ -43,9 +43,10 @@ pub struct TrainingOptions {
     /// thresholds rise with it.
     pub calibration: Option<(f64, f64)>,
     /// Strength of the prior on `m` ([`MPrior`]), in pairs of the same
-    /// person spread as the built-in model's `m` ([`default_model`]) says;
-    /// 0: none.
-    pub m_prior_pairs: f64,
+    /// person spread as the built-in model's `m` ([`default_model`]) says,
+    /// per record trained on and never fewer than [`M_PRIOR_MIN_PAIRS`]
+    /// (see [`TrainingOptions::m_prior`]); 0: none.
+    pub m_prior_per_record: f64,
 }
 
 /// Default link probability of [`TrainingOptions::calibration`].
@@ -56,11 +57,14 @@ pub const REVIEW_PROBABILITY: f64 = 0.99;
 /// pairs estimate the few dozen `m` values as well as all of them do, and a
 /// base of a million people yields some thirty million.
 pub const MAX_CANDIDATE_PAIRS: usize = 8_000_000;
-/// Default of [`TrainingOptions::m_prior_pairs`]: a base with fewer
-/// matches among its candidate pairs than this keeps most of the built-in
-/// `m`; a base holding its duplicates (thousands to hundreds of thousands
-/// of matches) is barely moved by it.
-pub const M_PRIOR_PAIRS: f64 = 1_000.0;
+/// Default of [`TrainingOptions::m_prior_per_record`]. The pairs a fit on a
+/// base without duplicates takes for matches grow with the base (about 2 %
+/// of its records at 10,000 and at 100,000 originals), so the prior grows
+/// with it to keep deciding there; a base that holds its duplicates has
+/// several times more matches than this and decides `m` itself.
+pub const M_PRIOR_PER_RECORD: f64 = 0.1;
+/// The prior on `m` is worth at least this many pairs.
+pub const M_PRIOR_MIN_PAIRS: f64 = 1_000.0;
 /// Calibrated link threshold is never below this many bits.
 pub const MIN_UPPER: f64 = 10.0;
 /// Calibrated review threshold is never below this many bits.
@@ -76,8 +80,21 @@ impl Default for TrainingOptions {
             threads: 1,
             seed: 1,
             calibration: Some((LINK_PROBABILITY, REVIEW_PROBABILITY)),
-            m_prior_pairs: M_PRIOR_PAIRS,
+            m_prior_per_record: M_PRIOR_PER_RECORD,
         }
+    }
+}
+
+impl TrainingOptions {
+    /// The prior on `m` for a base of `records`:
+    /// [`TrainingOptions::m_prior_per_record`] pairs a record, at least
+    /// [`M_PRIOR_MIN_PAIRS`], spread as the built-in `m`; none when the rate
+    /// is not positive.
+    pub fn m_prior(&self, records: usize) -> MPrior {
+        if self.m_prior_per_record.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return MPrior::none();
+        }
+        MPrior::new(&default_model(), (self.m_prior_per_record * records as f64).max(M_PRIOR_MIN_PAIRS))
     }
 }
 
@@ -144,15 +161,14 @@ pub fn estimate_u(model: &MatchModel, records: &[Record], samples: usize, seed: 
 /// Train on stored records: [`estimate_u`] from random pairs, then
 /// [`train_sessions`] on the candidate pairs of every key kind
 /// ([`candidate_vectors_by_kind`]), `m` under the prior of
-/// [`TrainingOptions::m_prior_pairs`], then thresholds from
+/// [`TrainingOptions::m_prior`], then thresholds from
 /// [`TrainingOptions::calibration`] (kept when `None`), never below
 /// [`MIN_UPPER`] / [`MIN_LOWER`] bits; the model keeps the name
 /// frequencies of `records` ([`NameFrequencies::count`]).
 pub fn train_on_records(model: &MatchModel, records: &[Record], options: &TrainingOptions) -> Trained {
     let with_u = estimate_u(model, records, options.u_samples, options.seed, options.threads);
     let vectors = candidate_vectors_by_kind(records, options.max_block, options.threads, options.max_candidate_pairs);
-    let prior = MPrior::new(&default_model(), options.m_prior_pairs);
-    let mut trained = train_sessions(&with_u, &vectors, options.max_iterations, &prior);
+    let mut trained = train_sessions(&with_u, &vectors, options.max_iterations, &options.m_prior(records.len()));
     trained.model.frequencies = NameFrequencies::count(records);
     if let Some((link, review)) = options.calibration {
         calibrate_with_floors(&mut trained.model, link, review);
@@ -410,6 +426,18 @@ mod tests {
         let both = refresh_on_records(&base, &with_duplicates, &options).model;
         assert!(both.lambda > 2.0 * refreshed.lambda, "{} {}", both.lambda, refreshed.lambda);
         assert!(both.upper < refreshed.upper);
+    }
+
+    #[test]
+    fn the_prior_on_m_grows_with_the_base_from_a_minimum() {
+        let options = TrainingOptions::default();
+        let pairs = |n| MPrior::new(&default_model(), n);
+        assert_eq!(options.m_prior(0), pairs(M_PRIOR_MIN_PAIRS));
+        assert_eq!(options.m_prior(5_000), pairs(1_000.0));
+        assert_eq!(options.m_prior(100_000), pairs(10_000.0));
+        assert_eq!(options.m_prior(1_000_000), pairs(100_000.0));
+        let none = TrainingOptions { m_prior_per_record: 0.0, ..options };
+        assert_eq!(none.m_prior(1_000_000), MPrior::none());
     }
 
     #[test]
